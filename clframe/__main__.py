@@ -1,0 +1,5 @@
+import sys
+
+from clframe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,104 @@
+"""Plots from ``metrics.json``: accuracy-matrix heat map, stability curves, avg accuracy and
+forgetting vs experience, and overlays of several runs. matplotlib is imported lazily."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from clframe.report import load_metrics
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    from clframe.io import _atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    _atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
+    _pyplot().close(fig)
+    return path
+
+
+def _label(m: dict) -> str:
+    return f"{m['strategy']} (seed {m['seed']})"
+
+
+def plot_accuracy_matrix(m: dict, path: Path) -> Path:
+    plt = _pyplot()
+    R = 100 * np.asarray(m["accuracy_matrix"])
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * R.shape[1], 1.0 + 0.7 * R.shape[0]))
+    im = ax.imshow(R, vmin=0, vmax=100, cmap="viridis")
+    for (i, j), v in np.ndenumerate(R):
+        ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w" if v < 60 else "k", fontsize=8)
+    ax.set_xlabel("evaluated on experience")
+    ax.set_ylabel("after training on experience")
+    ax.set_xticks(range(R.shape[1]))
+    ax.set_yticks(range(R.shape[0]))
+    ax.set_title(f"accuracy matrix (%) — {m['scenario']} / {m['strategy']}")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def plot_stability(m: dict, path: Path) -> Path:
+    """Accuracy of each experience's test split over the stream, from when it was learned."""
+    plt = _pyplot()
+    R = 100 * np.asarray(m["accuracy_matrix"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for j in range(R.shape[1]):
+        steps = np.arange(j, R.shape[0])
+        if len(steps):
+            ax.plot(steps, R[j:, j], marker="o", label=f"exp {j}")
+    ax.set_xlabel("after training on experience")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title(f"stability curves — {m['strategy']}")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_curves(runs: list[dict], path: Path) -> Path:
+    """Average accuracy and forgetting vs experience, one line per run."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for m in runs:
+        for ax, key in zip(axes, ("cl/avg_acc", "cl/forgetting")):
+            ys = 100 * np.asarray(m["curves"].get(key, []))
+            ax.plot(np.arange(len(ys)), ys, marker="o", label=_label(m))
+    for ax, title in zip(axes, ("average accuracy (%)", "forgetting (%)")):
+        ax.set_xlabel("after training on experience")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Write ``plots/accuracy_matrix.png``, ``plots/stability.png``, ``plots/curves.png``."""
+    run_dir = Path(run_dir)
+    m = load_metrics(run_dir)
+    if not m["accuracy_matrix"]:
+        return []
+    out = run_dir / "plots"
+    return [
+        plot_accuracy_matrix(m, out / "accuracy_matrix.png"),
+        plot_stability(m, out / "stability.png"),
+        plot_curves([m], out / "curves.png"),
+    ]
+
+
+def plot_comparison(run_dirs: list[str | Path], out: str | Path | None = None) -> list[Path]:
+    """Overlay the average-accuracy and forgetting curves of several runs in one figure."""
+    runs = [load_metrics(d) for d in run_dirs]
+    out = Path(out) if out else Path(run_dirs[0]) / "plots"
+    return [plot_curves(runs, out / "comparison_curves.png")]

@@ -1,0 +1,46 @@
+"""Text summaries of runs: the table printed after a run and ``clframe compare``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HEADLINE = ("cl/avg_acc", "cl/avg_inc_acc", "cl/forgetting", "cl/bwt", "cl/fwt")
+
+
+def load_metrics(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: pass a run directory written by `clframe run`")
+    return json.loads(path.read_text())
+
+
+def format_matrix(R: list[list[float]]) -> str:
+    if not R:
+        return "(no experience finished)"
+    cols = len(R[0])
+    lines = ["after \\ on " + " ".join(f"{'exp' + str(j):>7}" for j in range(cols))]
+    for i, row in enumerate(R):
+        lines.append(f"exp {i:<7}" + " ".join(f"{100 * v:7.2f}" for v in row))
+    return "\n".join(lines)
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    print(f"\n{result['scenario']} / {result['strategy']} / seed {result['seed']}  [{result['status']}]")
+    print("accuracy matrix (%, row: after training on experience i; column: test split of j)")
+    print(format_matrix(result["accuracy_matrix"]))
+    for key, value in result["metrics"].items():
+        print(f"  {key:<16} {100 * value:7.2f}")
+    if result.get("run_dir"):
+        print(f"results in {result['run_dir']}")
+
+
+def compare_table(run_dirs: list[str]) -> str:
+    rows = ["| run | scenario | strategy | seed | " + " | ".join(HEADLINE) + " |"]
+    rows.append("|" + "---|" * (4 + len(HEADLINE)))
+    for d in run_dirs:
+        m = load_metrics(d)
+        vals = [f"{100 * m['metrics'][k]:.2f}" if k in m["metrics"] else "–" for k in HEADLINE]
+        rows.append(f"| {Path(d).name} | {m['scenario']} | {m['strategy']} | {m['seed']} | " + " | ".join(vals) + " |")
+    return "\n".join(rows)

@@ -1,0 +1,272 @@
+"""Run a stream through a strategy: train, evaluate on every experience, checkpoint, resume.
+
+``run(cfg)`` is a plain function (the CLI is a thin wrapper), so tests and notebooks call
+it directly with a config from :func:`clframe.config.compose`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from clframe.errors import ConfigError, NonFiniteLossError
+from clframe.io import atomic_write_text, atomic_torch_save, write_json
+from clframe.registry import BACKBONES, EVALUATORS, SCENARIOS, STRATEGIES, UNLEARNERS
+from clframe.stream import Stream, TensorData
+
+log = logging.getLogger("clframe")
+CHECKPOINT = "checkpoints/last.pt"
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build(cfg: DictConfig) -> tuple[Stream, Any]:
+    """Build the stream and the strategy (with its backbone) described by ``cfg``."""
+    seed = int(cfg.seed)
+    stream = SCENARIOS.build(cfg.scenario, seed=seed)
+    seed_all(seed)
+    backbone = BACKBONES.build(cfg.backbone, input_shape=stream.input_shape)
+    strategy = STRATEGIES.build(cfg.strategy, backbone=backbone, n_classes=stream.n_classes, setting=stream.setting)
+    if cfg.get("unlearning"):
+        strategy.unlearner = UNLEARNERS.build(cfg.unlearning)
+    return stream, strategy
+
+
+def eval_device(cfg: DictConfig) -> torch.device:
+    accel = str(cfg.trainer.get("accelerator", "auto"))
+    if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda"):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def predict(strategy, data: TensorData, device: torch.device, batch_size: int = 2048) -> torch.Tensor:
+    """Masked logits of ``strategy`` on ``data`` (eval mode, batched, on ``device``)."""
+    strategy.eval().to(device)
+    out = [
+        strategy(data.x[i : i + batch_size].to(device), data.task[i : i + batch_size].to(device)).float().cpu()
+        for i in range(0, len(data), batch_size)
+    ]
+    return torch.cat(out) if out else torch.empty(0, strategy.n_classes)
+
+
+def accuracy(strategy, data: TensorData, device: torch.device) -> float:
+    return float((predict(strategy, data, device).argmax(1) == data.y).float().mean())
+
+
+def make_trainer(cfg: DictConfig, logger, exp_id: int):
+    import lightning.pytorch as pl
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # one Trainer per experience: keep the banner quiet
+
+    callbacks = []
+    bar = cfg.get("progress_bar", "tqdm")
+    if bar == "rich":
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar())
+    elif bar not in ("tqdm", "none"):
+        raise ConfigError("progress_bar", bar, ["tqdm", "rich", "none"])
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs.setdefault("enable_progress_bar", bar != "none")
+    return pl.Trainer(
+        **kwargs,
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def make_logger(cfg: DictConfig, run_dir: Path):
+    if cfg.get("logger") is None:
+        return None
+    from hydra.utils import instantiate
+
+    node = OmegaConf.to_container(cfg.logger, resolve=True)
+    if "WandbLogger" in node.get("_target_", ""):
+        os.environ.setdefault("WANDB_MODE", "offline" if node.get("offline", True) else "online")
+    return instantiate(node, save_dir=str(run_dir))
+
+
+def resolve_run_dir(cfg: DictConfig, stream: Stream) -> Path:
+    if cfg.get("run_dir"):
+        return Path(cfg.run_dir)
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    return Path("runs") / f"{stamp}_{stream.name}_{cfg.strategy.name}_s{cfg.seed}"
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the experiment described by ``cfg``; return the content of ``metrics.json``.
+
+    With ``cfg.resume`` set to an earlier run directory, its saved config is used and the
+    run continues after the last checkpointed experience.
+    """
+    from metrics.cl import cl_summary
+
+    if cfg.get("resume"):
+        run_dir = Path(cfg.resume)
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError("resume", str(run_dir), hint="no config.yaml there; pass the directory of an earlier run")
+        cfg = OmegaConf.load(saved)
+        cfg.resume = str(run_dir)
+    stream, strategy = build(cfg)
+    run_dir = resolve_run_dir(cfg, stream)
+    cfg.run_dir = str(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    learn_ids = [e.id for e in stream.experiences if e.kind == "learn"]
+    tests = [stream.experiences[i].test for i in learn_ids]
+    device = eval_device(cfg)
+    seed = int(cfg.seed)
+
+    evaluators = {node["name"]: EVALUATORS.build(node) for node in cfg.get("evaluators") or []}
+    state: dict[str, Any] = {
+        "next": 0, "rows": [], "row_events": [], "random_init": None, "timing": [], "evaluations": [], "pretrain": None,
+    }
+    ckpt_path = run_dir / CHECKPOINT
+    if cfg.get("resume") and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        strategy.load_checkpoint_state(ckpt["extra"])
+        strategy.load_state_dict(ckpt["model"])
+        state = ckpt["runner"]
+        for name, ev in evaluators.items():
+            ev.load_state(ckpt.get("evaluators", {}).get(name, {}))
+        log.info("resuming %s at experience %d", run_dir, state["next"])
+    else:
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+        if cfg.get("pretrain"):
+            from clframe.pretrain import run_pretraining
+
+            state["pretrain"] = run_pretraining(strategy, cfg.pretrain, stream, seed=seed, run_dir=run_dir)
+        state["random_init"] = [accuracy(strategy, d, device) for d in tests]
+
+    logger = make_logger(cfg, run_dir)
+    result: dict[str, Any] = {}
+    status, error = "running", None
+    try:
+        for exp in stream.experiences[state["next"] :]:
+            t0 = time.perf_counter()
+            seed_all(seed * 1000 + exp.id)
+            strategy.seed = seed * 1000 + exp.id
+            if exp.kind == "learn":
+                strategy.train()
+                strategy.before_experience(exp)
+                trainer = make_trainer(cfg, logger, exp.id)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", ".*(does not have many workers|smaller than the logging interval|treespec).*")
+                    trainer.fit(strategy, train_dataloaders=strategy.train_dataloader_for(exp))
+                strategy.after_experience(exp)
+            else:
+                strategy.unlearn(exp)
+            row = [accuracy(strategy, d, device) for d in tests]
+            state["rows"].append(row)
+            state["evaluations"].append(
+                {name: ev.after_event(strategy, stream, exp, device) for name, ev in evaluators.items()}
+            )
+            state["row_events"].append({"id": exp.id, "kind": exp.kind, "name": exp.name})
+            state["timing"].append(time.perf_counter() - t0)
+            state["next"] = exp.id + 1
+            if logger is not None:
+                logger.log_metrics({f"exp_{j}/test/acc": a for j, a in zip(learn_ids, row)}, step=exp.id)
+                logger.save()
+            result = _write_results(run_dir, cfg, stream, state, status, error, cl_summary)
+            _append_event(run_dir, exp, row, state["timing"][-1])
+            strategy.cpu()
+            atomic_torch_save(
+                {
+                    "model": strategy.state_dict(),
+                    "extra": strategy.state_for_checkpoint(),
+                    "runner": state,
+                    "evaluators": {name: ev.state() for name, ev in evaluators.items()},
+                },
+                ckpt_path,
+            )
+        status = "complete"
+    except NonFiniteLossError as err:
+        status, error = "failed", str(err)
+        raise
+    except BaseException as err:
+        status, error = "failed", f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        result = _write_results(run_dir, cfg, stream, state, status, error, cl_summary)
+        if logger is not None and hasattr(logger, "finalize"):
+            logger.finalize("success" if status == "complete" else "failed")
+    if status == "complete" and evaluators:
+        for name, ev in evaluators.items():
+            result["metrics"].update(ev.finalize(run_dir, result))
+        write_json(run_dir / "metrics.json", result)
+    if status == "complete" and cfg.get("plots", True):
+        from clframe.plots import plot_run
+
+        plot_run(run_dir)
+    return result
+
+
+def _learn_rows(state: dict[str, Any]) -> np.ndarray:
+    rows = [r for r, ev in zip(state["rows"], state["row_events"]) if ev["kind"] == "learn"]
+    return np.asarray(rows, dtype=float)
+
+
+def _write_results(run_dir: Path, cfg, stream: Stream, state, status: str, error, cl_summary) -> dict[str, Any]:
+    R = _learn_rows(state)
+    curves: dict[str, list[float]] = {}
+    summary: dict[str, float] = {}
+    if len(R):
+        from metrics.cl import average_accuracy, forgetting
+
+        summary = cl_summary(R, state["random_init"])
+        curves = {
+            "cl/avg_acc": [average_accuracy(R, t) for t in range(len(R))],
+            "cl/forgetting": [forgetting(R, t) for t in range(len(R))],
+        }
+    result = {
+        "status": status,
+        "error": error,
+        "scenario": stream.name,
+        "strategy": cfg.strategy.name,
+        "seed": int(cfg.seed),
+        "setting": stream.setting,
+        "experiences": [
+            {"id": e.id, "kind": e.kind, "name": e.name, "classes": list(e.classes), "task_id": e.task_id}
+            for e in stream.experiences
+        ],
+        "accuracy_matrix": R.tolist(),
+        "rows": state["rows"],
+        "row_events": state["row_events"],
+        "random_init_acc": state["random_init"],
+        "evaluations": state["evaluations"],
+        "pretrain": state["pretrain"],
+        "metrics": summary,
+        "curves": curves,
+        "seconds_per_experience": state["timing"],
+        "run_dir": str(run_dir),
+    }
+    write_json(run_dir / "metrics.json", result)
+    if len(R):
+        header = ",".join(f"exp_{j}" for j in range(R.shape[1]))
+        lines = [header] + [",".join(f"{v:.6f}" for v in row) for row in R]
+        atomic_write_text(run_dir / "accuracy_matrix.csv", "\n".join(lines) + "\n")
+    return result
+
+
+def _append_event(run_dir: Path, exp, row: list[float], seconds: float) -> None:
+    with open(run_dir / "events.jsonl", "a") as fh:
+        fh.write(json.dumps({"id": exp.id, "kind": exp.kind, "name": exp.name, "acc": row, "seconds": seconds}) + "\n")

@@ -1,0 +1,157 @@
+"""The base class every continual-learning / unlearning method subclasses.
+
+A :class:`Strategy` is a ``LightningModule`` that owns a backbone and a linear head
+over all ``n_classes`` (pre-allocated; classes not seen yet are masked), the optimizer
+and the standard supervised loss. A method overrides only what it changes:
+
+- :meth:`training_loss` — the per-step loss (EWC adds a penalty, LwF distillation);
+- :meth:`before_experience` / :meth:`after_experience` — snapshot, Fisher, buffers...;
+- :meth:`train_dataloader_for` — replay methods mix their buffer into the batches;
+- :meth:`unlearn` — answer a forget request;
+- :meth:`state_for_checkpoint` / :meth:`load_checkpoint_state` — state beyond ``state_dict()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clframe.errors import ConfigError, NonFiniteLossError
+from clframe.stream import Experience, TensorLoader
+
+MASK_VALUE = -1e4  # logit of a class that is not allowed; finite so fp16 and KL stay well-defined
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+class Strategy(pl.LightningModule):
+    """Backbone + growing head + hooks. Subclass and override 1–3 hooks.
+
+    Args:
+        backbone: a module with ``forward_features`` and ``num_features``.
+        n_classes: total number of classes in the stream (head is pre-allocated).
+        setting: ``"class"``, ``"task"`` or ``"domain"`` (see :class:`~clframe.stream.Stream`).
+        lr, optimizer, momentum, weight_decay: optimiser settings (new optimiser per experience).
+        batch_size: training batch size.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        n_classes: int,
+        *,
+        setting: str = "class",
+        lr: float = 0.01,
+        optimizer: str = "sgd",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        batch_size: int = 128,
+    ):
+        super().__init__()
+        if lr <= 0:
+            raise ConfigError("strategy.lr", lr, "a positive number")
+        if batch_size <= 0:
+            raise ConfigError("strategy.batch_size", batch_size, "a positive integer")
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError("strategy.optimizer", optimizer, sorted(OPTIMIZERS))
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.num_features, n_classes)
+        self.n_classes, self.setting = n_classes, setting
+        self.lr, self.optimizer_name, self.momentum, self.weight_decay = lr, optimizer, momentum, weight_decay
+        self.batch_size = batch_size
+        self.register_buffer("seen", torch.zeros(n_classes, dtype=torch.bool))
+        # task id -> boolean mask over classes; a buffer so that it follows the device
+        self.register_buffer("task_classes", torch.zeros(0, n_classes, dtype=torch.bool))
+        self.experience: Experience | None = None
+        self.seed = 0
+        self.unlearner = None  # set by the runner from cfg.unlearning; answers forget requests
+
+    # ------------------------------------------------------------------ model
+    def features(self, x: Tensor) -> Tensor:
+        """Representation used by representation metrics and prototype classifiers."""
+        return self.backbone.forward_features(x)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Raw head outputs over all ``n_classes`` (no masking)."""
+        return self.head(self.features(x))
+
+    def class_mask(self, task: Tensor | None = None) -> Tensor:
+        """Boolean (N, C) or (C,) mask of allowed classes: seen classes, or the task's classes."""
+        if self.setting == "task" and task is not None and len(self.task_classes):
+            return self.task_classes[task.clamp(max=len(self.task_classes) - 1)]
+        if self.setting == "domain" or not bool(self.seen.any()):
+            return torch.ones_like(self.seen)
+        return self.seen
+
+    def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
+        """Logits with disallowed classes set to ``MASK_VALUE``."""
+        return self.logits(x).masked_fill(~self.class_mask(task), MASK_VALUE)
+
+    # ------------------------------------------------------------------ training
+    def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Cross-entropy over the allowed classes. Override to add penalties / other losses."""
+        return F.cross_entropy(self(batch["x"], batch["task"]), batch["y"])
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.training_loss(batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(self.experience.id if self.experience else -1, self.global_step, loss.item())
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["y"]))
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        kwargs: dict[str, Any] = {"lr": self.lr, "weight_decay": self.weight_decay}
+        if self.optimizer_name == "sgd":
+            kwargs["momentum"] = self.momentum
+        return OPTIMIZERS[self.optimizer_name](params, **kwargs)
+
+    # ------------------------------------------------------------------ hooks
+    def before_experience(self, exp: Experience) -> None:
+        """Called before training on ``exp``. The base class records its classes / task."""
+        self.experience = exp
+        classes = torch.as_tensor(exp.classes, dtype=torch.long, device=self.seen.device)
+        self.seen[classes] = True
+        if exp.task_id >= len(self.task_classes):
+            grow = torch.zeros(exp.task_id + 1 - len(self.task_classes), self.n_classes, dtype=torch.bool)
+            self.task_classes = torch.cat([self.task_classes, grow.to(self.task_classes.device)])
+        self.task_classes[exp.task_id, classes] = True
+
+    def after_experience(self, exp: Experience) -> None:
+        """Called after training on ``exp`` (compute Fisher, fill buffers, snapshot...)."""
+
+    def train_dataloader_for(self, exp: Experience) -> TensorLoader:
+        """The batches to train on for ``exp``; replay methods mix in their buffer here."""
+        return TensorLoader(exp.train, self.batch_size, shuffle=True, seed=self.seed, transform=exp.transform)
+
+    def unlearn(self, exp: Experience) -> None:
+        """Answer a forget request (``exp.forget`` / ``exp.retain``).
+
+        The default hands it to ``self.unlearner`` (config key ``unlearning``), so any CL
+        strategy combines with any unlearning method; a strategy may override this instead."""
+        if self.unlearner is None:
+            raise NotImplementedError(
+                f"strategy {type(self).__name__} got a forget request ({exp.name}) but has no unlearning method; "
+                "set unlearning=<name> (clframe list unlearner)"
+            )
+        self.unlearner(self, exp)
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_for_checkpoint(self) -> dict[str, Any]:
+        """Extra state (tensors / plain containers) that resume needs beyond ``state_dict()``."""
+        return {}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_for_checkpoint`. Called *before* ``load_state_dict`` on resume,
+        so a strategy can re-create sub-modules (e.g. a frozen old model) that the state dict fills."""
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: D102
+        # buffers may grow along the stream (task_classes, class groups): take the checkpoint's shape
+        for name, buf in list(self.named_buffers()):
+            if name in state_dict and state_dict[name].shape != buf.shape:
+                owner, _, attr = name.rpartition(".")
+                setattr(self.get_submodule(owner) if owner else self, attr, torch.zeros_like(state_dict[name]))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)

@@ -1,0 +1,166 @@
+"""Data types of a continual stream: tensor data sets, experiences (learn / forget events), streams.
+
+Data live in memory as tensors, so an epoch is a sequence of index slices rather than
+a Python loop over samples; :class:`TensorLoader` is the batch iterator that Lightning
+consumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class TensorData:
+    """Inputs ``x``, labels ``y``, global sample ids ``ids`` and task ids ``task`` as aligned tensors.
+
+    ``ids`` index the original data set (train or test) so that subsets remember where
+    each sample came from — forget requests and the retrain oracle rely on this.
+    """
+
+    x: Tensor
+    y: Tensor
+    ids: Tensor
+    task: Tensor
+
+    def __post_init__(self) -> None:
+        n = len(self.y)
+        if not (len(self.x) == len(self.ids) == len(self.task) == n):
+            raise ValueError("TensorData fields must have the same length")
+
+    @classmethod
+    def from_tensors(cls, x: Tensor, y: Tensor, task_id: int = 0) -> TensorData:
+        n = len(y)
+        return cls(x, y.long(), torch.arange(n), torch.full((n,), task_id, dtype=torch.long))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index: Tensor) -> TensorData:
+        """Rows selected by a boolean mask or an index tensor."""
+        return TensorData(self.x[index], self.y[index], self.ids[index], self.task[index])
+
+    def with_task(self, task_id: int) -> TensorData:
+        return TensorData(self.x, self.y, self.ids, torch.full_like(self.task, task_id))
+
+    def classes(self) -> list[int]:
+        return sorted(torch.unique(self.y).tolist())
+
+    @staticmethod
+    def concat(parts: Sequence[TensorData]) -> TensorData:
+        parts = [p for p in parts if p is not None and len(p)]
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        return TensorData(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x", "y", "ids", "task")))
+
+
+class TensorLoader:
+    """Yields ``{"x", "y", "task", "ids"}`` batches by slicing tensors (optionally shuffled).
+
+    Deterministic given ``seed``; each ``iter()`` draws a new permutation from its own
+    generator, so epochs differ but a re-run with the same seed is identical. Under
+    ``torch.distributed`` each rank takes every ``world_size``-th batch row.
+    ``transform`` is applied to each batch of inputs (tensor augmentations).
+    """
+
+    def __init__(
+        self,
+        data: TensorData,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        transform: Callable[[Tensor], Tensor] | None = None,
+    ):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.data, self.batch_size, self.shuffle, self.drop_last = data, batch_size, shuffle, drop_last
+        self.transform = transform
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _order(self) -> Tensor:
+        n = len(self.data)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            order = order[: n - n % world][rank::world]
+        return order
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            n //= torch.distributed.get_world_size()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        order = self._order()
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            if self.drop_last and len(idx) < self.batch_size:
+                return
+            x = self.data.x[idx]
+            if self.transform is not None:
+                x = self.transform(x)
+            yield {"x": x, "y": self.data.y[idx], "task": self.data.task[idx], "ids": self.data.ids[idx]}
+
+
+@dataclass
+class Experience:
+    """One event of a stream.
+
+    ``kind="learn"``: train on ``train``; ``test`` is this experience's test split.
+    ``kind="forget"``: a forget request; ``forget`` holds the samples to remove and
+    ``retain`` the data the strategy may still use.
+    """
+
+    id: int
+    kind: str
+    train: TensorData | None
+    test: TensorData | None
+    classes: list[int]
+    task_id: int = 0
+    forget: TensorData | None = None
+    retain: TensorData | None = None
+    name: str = ""
+    transform: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("learn", "forget"):
+            raise ValueError(f"Experience.kind={self.kind!r} is invalid; valid choices: learn, forget")
+        if not self.name:
+            self.name = f"exp_{self.id}"
+
+
+@dataclass
+class Stream:
+    """An ordered list of experiences plus what a model needs to know about the data.
+
+    ``setting`` is ``"class"`` (one head, unseen classes masked), ``"task"`` (task id
+    given at test time; logits restricted to the task's classes) or ``"domain"``
+    (same classes every experience).
+    """
+
+    name: str
+    experiences: list[Experience]
+    n_classes: int
+    input_shape: tuple[int, ...]
+    setting: str = "class"
+
+    def __post_init__(self) -> None:
+        if self.setting not in ("class", "task", "domain"):
+            raise ValueError(f"scenario.setting={self.setting!r} is invalid; valid choices: class, task, domain")
+
+    def __iter__(self) -> Iterator[Experience]:
+        return iter(self.experiences)
+
+    def __len__(self) -> int:
+        return len(self.experiences)
+
+    @property
+    def learn_experiences(self) -> list[Experience]:
+        return [e for e in self.experiences if e.kind == "learn"]

@@ -1,0 +1,41 @@
+"""Domain-incremental streams: each experience applies a fixed random pixel permutation."""
+
+from __future__ import annotations
+
+import torch
+
+from clframe.data import input_shape, load_dataset
+from clframe.errors import ConfigError
+from clframe.registry import register_scenario
+from clframe.stream import Experience, Stream, TensorData
+
+
+def permute_pixels(data: TensorData, perm: torch.Tensor, task: int) -> TensorData:
+    n = len(data)
+    x = data.x.reshape(n, -1)[:, perm].reshape(data.x.shape)
+    return TensorData(x, data.y, data.ids, torch.full((n,), task, dtype=torch.long))
+
+
+@register_scenario("permuted")
+def permuted(
+    *, dataset: str = "mnist", n_experiences: int = 10, first_identity: bool = True, setting: str = "domain", seed: int = 0
+) -> Stream:
+    """Permuted MNIST (Goodfellow et al. 2013; Kirkpatrick et al. 2017): same 10 classes, new
+    pixel permutation per experience (the first one unpermuted if ``first_identity``).
+    ``setting="task"`` adds task ids (multi-head over the same classes is then just a task label)."""
+    if n_experiences <= 0:
+        raise ConfigError("scenario.n_experiences", n_experiences, "a positive integer")
+    if setting not in ("domain", "task"):
+        raise ConfigError("scenario.setting", setting, ["domain", "task"])
+    train, test = load_dataset(dataset)
+    n_pix = train.x[0].numel()
+    gen = torch.Generator().manual_seed(seed)
+    exps = []
+    for i in range(n_experiences):
+        perm = torch.arange(n_pix) if (i == 0 and first_identity) else torch.randperm(n_pix, generator=gen)
+        task = i if setting == "task" else 0
+        exps.append(
+            Experience(i, "learn", permute_pixels(train, perm, task), permute_pixels(test, perm, task), train.classes(), task)
+        )
+    classes = len(train.classes())
+    return Stream(f"permuted_{dataset}", exps, n_classes=classes, input_shape=input_shape(train), setting=setting)

@@ -1,0 +1,71 @@
+"""Class-incremental and task-incremental splits of a labelled data set."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from clframe.data import input_shape, load_dataset
+from clframe.errors import ConfigError
+from clframe.registry import register_scenario
+from clframe.stream import Experience, Stream, TensorData
+
+
+def resolve_class_order(
+    classes: Sequence[int], class_order: Sequence[int] | None, shuffle: bool, seed: int
+) -> list[int]:
+    """The given order (validated), a seeded permutation, or the sorted classes."""
+    classes = sorted(classes)
+    if class_order is not None:
+        order = [int(c) for c in class_order]
+        if sorted(order) != classes:
+            missing = sorted(set(classes) - set(order))
+            extra = sorted({c for c in order if order.count(c) > 1} | (set(order) - set(classes)))
+            raise ConfigError(
+                "scenario.class_order",
+                list(order),
+                f"a permutation of {classes}",
+                hint=f"missing: {missing}; duplicated or unknown: {extra}",
+            )
+        return order
+    if shuffle:
+        perm = torch.randperm(len(classes), generator=torch.Generator().manual_seed(seed)).tolist()
+        return [classes[i] for i in perm]
+    return classes
+
+
+def split_by_classes(
+    train: TensorData, test: TensorData, groups: list[list[int]], *, task_labels: bool
+) -> list[Experience]:
+    exps = []
+    for i, group in enumerate(groups):
+        g = torch.as_tensor(group)
+        tr, te = train.subset(torch.isin(train.y, g)), test.subset(torch.isin(test.y, g))
+        task = i if task_labels else 0
+        exps.append(Experience(i, "learn", tr.with_task(task), te.with_task(task), list(group), task_id=task))
+    return exps
+
+
+@register_scenario("split")
+def split(
+    *,
+    dataset: str = "digits",
+    setting: str = "class",
+    n_experiences: int = 5,
+    class_order: Sequence[int] | None = None,
+    shuffle_classes: bool = False,
+    seed: int = 0,
+) -> Stream:
+    """Split a data set's classes into ``n_experiences`` equal groups (class- or task-incremental)."""
+    if setting not in ("class", "task"):
+        raise ConfigError("scenario.setting", setting, ["class", "task"])
+    train, test = load_dataset(dataset)
+    order = resolve_class_order(train.classes(), class_order, shuffle_classes, seed)
+    if n_experiences <= 0 or len(order) % n_experiences:
+        divisors = [d for d in range(1, len(order) + 1) if len(order) % d == 0]
+        raise ConfigError("scenario.n_experiences", n_experiences, divisors, hint=f"{len(order)} classes must split evenly")
+    k = len(order) // n_experiences
+    groups = [order[i * k : (i + 1) * k] for i in range(n_experiences)]
+    exps = split_by_classes(train, test, groups, task_labels=setting == "task")
+    return Stream(f"split_{dataset}", exps, n_classes=len(order), input_shape=input_shape(train), setting=setting)

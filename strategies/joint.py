@@ -1,0 +1,31 @@
+"""Joint training: the upper bound that sees all data so far."""
+
+from clframe.registry import register_strategy
+from clframe.stream import Experience, TensorData, TensorLoader
+from clframe.strategy import Strategy
+
+
+@register_strategy("joint")
+class Joint(Strategy):
+    """At each experience, trains on the union of every experience's training data seen so far.
+
+    After the last experience this is i.i.d. training on the whole stream (the usual
+    "joint" upper bound); earlier rows of the accuracy matrix are cumulative training.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.past: list[TensorData] = []
+
+    def train_dataloader_for(self, exp: Experience) -> TensorLoader:
+        data = TensorData.concat([*self.past, exp.train])
+        return TensorLoader(data, self.batch_size, shuffle=True, seed=self.seed, transform=exp.transform)
+
+    def after_experience(self, exp: Experience) -> None:
+        self.past.append(exp.train)
+
+    def state_for_checkpoint(self) -> dict:
+        return {"past": [vars(d) for d in self.past]}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.past = [TensorData(**d) for d in state.get("past", [])]

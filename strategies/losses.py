@@ -1,0 +1,53 @@
+"""Loss pieces and helpers shared by strategies (distillation, frozen snapshots, Fisher)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def distillation(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 2.0) -> Tensor:
+    """Hinton et al. knowledge distillation: ``T^2 * KL(softmax(t/T) || softmax(s/T))``, batch mean."""
+    t = temperature
+    log_p_student = F.log_softmax(student_logits / t, dim=1)
+    p_teacher = F.softmax(teacher_logits / t, dim=1)
+    return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * t * t
+
+
+def frozen_copy(strategy) -> nn.Sequential:
+    """A frozen, eval-mode snapshot ``backbone -> head`` of a strategy's network (raw logits)."""
+    net = nn.Sequential(copy.deepcopy(strategy.backbone), copy.deepcopy(strategy.head))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval()
+
+
+def fisher_diagonal(strategy, data, n_samples: int | None, generator: torch.Generator, batch_size: int = 256) -> dict[str, Tensor]:
+    """Diagonal Fisher information of the trainable parameters, from exact per-sample gradients
+    (``torch.func.vmap``) of the log-likelihood of the model's own predicted label, averaged over
+    ``n_samples`` random samples of ``data`` (all if ``None``)."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {k: p.detach() for k, p in strategy.named_parameters() if p.requires_grad}
+    device = next(iter(params.values())).device
+    idx = torch.randperm(len(data), generator=generator)
+    idx = idx[:n_samples] if n_samples else idx
+
+    def nll(p, x, task):
+        logits = functional_call(strategy, p, (x[None], task[None]))
+        return F.cross_entropy(logits, logits.argmax(1).detach())
+
+    per_sample = vmap(grad(nll), in_dims=(None, 0, 0))
+    fisher = {k: torch.zeros_like(p) for k, p in params.items()}
+    was_training = strategy.training
+    strategy.eval()
+    for start in range(0, len(idx), batch_size):
+        b = idx[start : start + batch_size]
+        grads = per_sample(params, data.x[b].to(device), data.task[b].to(device))
+        for k, g in grads.items():
+            fisher[k] += g.pow(2).sum(0)
+    strategy.train(was_training)
+    return {k: f / len(idx) for k, f in fisher.items()}

@@ -1,0 +1,41 @@
+"""Experience replay with a fixed-size memory (reservoir or class-balanced)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from clframe.registry import register_strategy
+from clframe.strategy import Strategy
+from strategies.buffers import ReplayBuffer, ReplayLoader
+
+
+@register_strategy("replay")
+class Replay(Strategy):
+    """Each training batch is concatenated with a batch drawn from memory; the memory is
+    updated with the experience's data after training (``buffer_size`` samples in total)."""
+
+    def __init__(self, *args, buffer_size: int = 200, buffer_policy: str = "class_balanced",
+                 replay_batch_size: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.buffer = ReplayBuffer(buffer_size, buffer_policy)
+        self.replay_batch_size = replay_batch_size or self.batch_size
+
+    def train_dataloader_for(self, exp):
+        return ReplayLoader(super().train_dataloader_for(exp), self.buffer, self.replay_batch_size, self.seed)
+
+    def training_loss(self, batch):
+        x, y, task = batch["x"], batch["y"], batch["task"]
+        if "replay" in batch:
+            mem = batch["replay"]
+            x, y, task = torch.cat([x, mem["x"]]), torch.cat([y, mem["y"]]), torch.cat([task, mem["task"]])
+        return F.cross_entropy(self(x, task), y)
+
+    def after_experience(self, exp):
+        self.buffer.add(exp.train, torch.Generator().manual_seed(self.seed))
+
+    def state_for_checkpoint(self):
+        return {"buffer": self.buffer.state()}
+
+    def load_checkpoint_state(self, state):
+        self.buffer.load(state["buffer"])
