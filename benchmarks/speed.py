@@ -1,0 +1,165 @@
+"""Speed benchmark (issue 3): the same Split-MNIST workload three ways, timed in ONE process.
+
+Workload: Split-MNIST class-IL, 5 experiences x 2 classes, MLP 784-400-400-10, SGD lr 0.01,
+batch 128, 1 epoch per experience, evaluation on all 5 test splits after each experience.
+  1. a plain PyTorch loop over in-memory tensors (the fastest hand-written baseline);
+  2. clframe (`clframe.run`, Lightning Trainer per experience, default CSV logger, no progress bar);
+  3. Avalanche's Naive strategy on the same tensors (accuracy metrics only, no loggers).
+Each variant runs `--repeats` times interleaved; the best time of each is compared, so the
+ratios come from one run on one machine. Also measures `clframe --help` wall time and the
+peak memory (max RSS) of a full `clframe run scenario=split_mnist` in a subprocess.
+
+    python benchmarks/speed.py [--repeats 3] [--out benchmarks/speed.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from clframe.data import load_dataset
+from scenarios.splits import split_by_classes
+
+GROUPS = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+LR, BATCH = 0.01, 128
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 10))
+
+
+def plain_loop(exps) -> list[list[float]]:
+    torch.manual_seed(0)
+    model = mlp()
+    seen = torch.zeros(10, dtype=torch.bool)
+    rows = []
+    for i, exp in enumerate(exps):
+        seen[exp.classes] = True
+        opt = torch.optim.SGD(model.parameters(), lr=LR)
+        gen = torch.Generator().manual_seed(i)
+        x_all, y_all = exp.train.x, exp.train.y
+        perm = torch.randperm(len(y_all), generator=gen)
+        model.train()
+        for s in range(0, len(perm), BATCH):
+            idx = perm[s : s + BATCH]
+            logits = model(x_all[idx]).masked_fill(~seen, -1e4)
+            loss = nn.functional.cross_entropy(logits, y_all[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            rows.append([float((model(e.test.x).masked_fill(~seen, -1e4).argmax(1) == e.test.y).float().mean()) for e in exps])
+    return rows
+
+
+def clframe_run(tmp: Path, k: int) -> list[list[float]]:
+    from clframe.config import compose
+    from clframe.runner import run
+
+    cfg = compose([
+        "scenario=split_mnist", "strategy=naive", f"strategy.lr={LR}", f"strategy.batch_size={BATCH}",
+        "trainer.max_epochs=1", "progress_bar=none", "plots=false", f"run_dir={tmp / f'clframe{k}'}",
+    ])
+    return run(cfg)["accuracy_matrix"]
+
+
+def avalanche_run(exps) -> list[list[float]]:
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.benchmarks.utils import make_avalanche_dataset  # noqa: F401
+    from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_tensor_classification_dataset
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.training import Naive
+    from avalanche.training.plugins import EvaluationPlugin
+
+    def ds(d):
+        return _make_taskaware_tensor_classification_dataset(d.x, d.y)
+
+    bm = benchmark_from_datasets(train=[ds(e.train) for e in exps], test=[ds(e.test) for e in exps])
+    torch.manual_seed(0)
+    model = mlp()
+    strat = Naive(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR), criterion=nn.CrossEntropyLoss(),
+        train_mb_size=BATCH, train_epochs=1, eval_mb_size=2048, device="cpu",
+        evaluator=EvaluationPlugin(accuracy_metrics(experience=True), loggers=[]),
+    )
+    rows = []
+    for exp in bm.train_stream:
+        strat.train(exp)
+        res = strat.eval(bm.test_stream)
+        rows.append([v for k, v in sorted(res.items()) if k.startswith("Top1_Acc_Exp")])
+    return rows
+
+
+def timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t0, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="benchmarks/speed.json")
+    parser.add_argument("--skip-avalanche", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    train, test = load_dataset("mnist")
+    exps = split_by_classes(train, test, GROUPS, task_labels=False)
+    import avalanche.training  # noqa: F401  (import cost outside the timings)
+    import lightning.pytorch  # noqa: F401
+
+    times: dict[str, list[float]] = {"plain": [], "clframe": [], "avalanche": []}
+    final: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(args.repeats):
+            for name, fn, fargs in (
+                ("plain", plain_loop, (exps,)),
+                ("clframe", clframe_run, (Path(tmp), k)),
+                ("avalanche", avalanche_run, (exps,)),
+            ):
+                if name == "avalanche" and args.skip_avalanche:
+                    continue
+                sec, rows = timed(fn, *fargs)
+                times[name].append(sec)
+                final[name] = rows[-1]
+                print(f"[{k}] {name:<10} {sec:7.2f} s  final avg acc {100 * sum(rows[-1]) / len(rows[-1]):.2f}")
+    best = {k: min(v) for k, v in times.items() if v}
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "clframe", "--help"], check=True, capture_output=True)
+    help_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        code = (
+            "import resource,sys; from clframe.cli import main; "
+            f"main(['run','scenario=split_mnist','strategy=replay','progress_bar=none','run_dir={tmp}/mem']); "
+            "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        )
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+        peak_mb = int(out.split("MAXRSS")[-1].split()[0]) / 1024
+    report = {
+        "best_seconds": best,
+        "all_seconds": times,
+        "clframe_over_plain": best["clframe"] / best["plain"],
+        "avalanche_over_clframe": best.get("avalanche", float("nan")) / best["clframe"],
+        "final_accuracy": final,
+        "clframe_help_seconds": help_s,
+        "split_mnist_replay_peak_rss_mb": peak_mb,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "self_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "all_seconds"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny configs, data requirements (fail under CI, skip elsewhere)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from clframe.data import load_dataset
+from clframe.errors import DataNotFoundError
+
+
+def require_data(name: str) -> None:
+    """Skip the test when a data set is missing, unless ``CLFRAME_REQUIRE_DATA=1`` (CI): then fail."""
+    try:
+        load_dataset(name)
+    except DataNotFoundError as err:
+        if os.environ.get("CLFRAME_REQUIRE_DATA") == "1":
+            pytest.fail(f"CLFRAME_REQUIRE_DATA=1 but {name} is missing: {err}")
+        pytest.skip(f"{name} not available: {err}")
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """``make_cfg(*overrides)`` → a composed config writing to a fresh ``tmp_path`` sub-folder,
+    without logger, progress bar or plots unless the overrides ask for them."""
+    from clframe.config import compose
+
+    counter = iter(range(1000))
+
+    def make(*overrides: str):
+        base = [f"run_dir={tmp_path / f'run{next(counter)}'}", "logger=none", "progress_bar=none", "plots=false"]
+        return compose([*base, *overrides])
+
+    return make
+
+
+BLOBS = ("scenario=split_blobs", "backbone.hidden=[32]", "trainer.max_epochs=3", "strategy.batch_size=32")
