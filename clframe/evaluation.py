@@ -17,6 +17,9 @@ import torch
 class Evaluator:
     """Base class: override :meth:`after_event`, optionally :meth:`finalize` and the state pair."""
 
+    def setup(self, cfg, run_dir: Path) -> None:
+        """Called once before the stream with the run's config (e.g. to retrain an oracle)."""
+
     def after_event(self, strategy, stream, exp, device: torch.device) -> dict[str, Any]:
         raise NotImplementedError
 

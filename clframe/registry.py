@@ -56,13 +56,27 @@ class Registry:
         """Instantiate ``node['name']`` with the node's other keys plus ``extra``."""
         kwargs = {k: v for k, v in dict(node).items() if k != "name"}
         obj = self.get(node["name"])
-        params = inspect.signature(obj).parameters
-        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        accepted = accepted_params(obj)
+        if accepted is not None:
             for key in kwargs:
-                if key not in params:
-                    valid = [p for p in params if p not in extra and p != "self"]
-                    raise ConfigError(f"{self.kind}.{key}", kwargs[key], valid, hint=f"unknown option for {self.kind} {node['name']!r}")
+                if key not in accepted:
+                    valid = sorted(accepted - set(extra))
+                    hint = f"unknown option for {self.kind} {node['name']!r}"
+                    raise ConfigError(f"{self.kind}.{key}", kwargs[key], valid, hint=hint)
         return obj(**kwargs, **extra)
+
+
+def accepted_params(obj: Callable) -> set[str] | None:
+    """Keyword names ``obj`` accepts; for classes, follows ``**kwargs`` up the ``__init__`` chain.
+    ``None`` if anything is accepted."""
+    inits = [c.__dict__["__init__"] for c in obj.__mro__ if "__init__" in c.__dict__] if inspect.isclass(obj) else [obj]
+    names: set[str] = set()
+    for fn in inits:
+        params = inspect.signature(fn).parameters
+        names |= {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n != "self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return names
+    return None
 
 
 STRATEGIES = Registry("strategy")

@@ -36,14 +36,45 @@ def seed_all(seed: int) -> None:
 
 def build(cfg: DictConfig) -> tuple[Stream, Any]:
     """Build the stream and the strategy (with its backbone) described by ``cfg``."""
-    seed = int(cfg.seed)
-    stream = SCENARIOS.build(cfg.scenario, seed=seed)
-    seed_all(seed)
+    stream = SCENARIOS.build(cfg.scenario, seed=int(cfg.seed))
+    return stream, build_strategy(cfg, stream)
+
+
+def build_strategy(cfg: DictConfig, stream: Stream):
+    """A freshly initialised strategy for ``stream`` (seeded by ``cfg.seed``: same config, same init)."""
+    seed_all(int(cfg.seed))
     backbone = BACKBONES.build(cfg.backbone, input_shape=stream.input_shape)
     strategy = STRATEGIES.build(cfg.strategy, backbone=backbone, n_classes=stream.n_classes, setting=stream.setting)
     if cfg.get("unlearning"):
         strategy.unlearner = UNLEARNERS.build(cfg.unlearning)
-    return stream, strategy
+    return strategy
+
+
+def start_event(strategy, seed: int, exp) -> None:
+    """Seed everything for one stream event (the same per-event seed wherever the event is replayed)."""
+    seed_all(seed * 1000 + exp.id)
+    strategy.seed = seed * 1000 + exp.id
+
+
+def learn_experience(cfg: DictConfig, strategy, exp, logger=None, wrap_loader=None) -> None:
+    """Train on one learn experience: ``before_experience``, one Lightning fit, ``after_experience``.
+
+    ``wrap_loader`` (optional) wraps the strategy's loader, e.g. to record the sample ids seen.
+    An experience whose training data were all forgotten only updates the class bookkeeping."""
+    strategy.train()
+    strategy.before_experience(exp)
+    if exp.train is None or not len(exp.train):
+        log.warning("experience %s has no training data left; skipped", exp.name)
+        return
+    loader = strategy.train_dataloader_for(exp)
+    if loader is not None:  # None: the strategy takes no gradient steps (e.g. NMC)
+        if wrap_loader is not None:
+            loader = wrap_loader(loader)
+        trainer = make_trainer(cfg, logger, exp.id)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*(does not have many workers|smaller than the logging interval|treespec).*")
+            trainer.fit(strategy, train_dataloaders=loader)
+    strategy.after_experience(exp)
 
 
 def eval_device(cfg: DictConfig) -> torch.device:
@@ -137,6 +168,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seed = int(cfg.seed)
 
     evaluators = {node["name"]: EVALUATORS.build(node) for node in cfg.get("evaluators") or []}
+    for ev in evaluators.values():
+        ev.setup(cfg, run_dir)
     state: dict[str, Any] = {
         "next": 0, "rows": [], "row_events": [], "random_init": None, "timing": [], "evaluations": [], "pretrain": None,
     }
@@ -146,6 +179,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         strategy.load_checkpoint_state(ckpt["extra"])
         strategy.load_state_dict(ckpt["model"])
         state = ckpt["runner"]
+        if state.get("pretrain"):  # re-apply what weights do not carry (a frozen backbone)
+            from clframe.pretrain import restore_pretraining
+
+            restore_pretraining(strategy, state["pretrain"])
         for name, ev in evaluators.items():
             ev.load_state(ckpt.get("evaluators", {}).get(name, {}))
         log.info("resuming %s at experience %d", run_dir, state["next"])
@@ -163,16 +200,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         for exp in stream.experiences[state["next"] :]:
             t0 = time.perf_counter()
-            seed_all(seed * 1000 + exp.id)
-            strategy.seed = seed * 1000 + exp.id
+            start_event(strategy, seed, exp)
             if exp.kind == "learn":
-                strategy.train()
-                strategy.before_experience(exp)
-                trainer = make_trainer(cfg, logger, exp.id)
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", ".*(does not have many workers|smaller than the logging interval|treespec).*")
-                    trainer.fit(strategy, train_dataloaders=strategy.train_dataloader_for(exp))
-                strategy.after_experience(exp)
+                learn_experience(cfg, strategy, exp, logger)
             else:
                 strategy.unlearn(exp)
             row = [accuracy(strategy, d, device) for d in tests]
@@ -183,21 +213,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             state["row_events"].append({"id": exp.id, "kind": exp.kind, "name": exp.name})
             state["timing"].append(time.perf_counter() - t0)
             state["next"] = exp.id + 1
+            strategy.cpu()
+            checkpoint = {
+                "model": strategy.state_dict(),
+                "extra": strategy.state_for_checkpoint(),
+                "runner": state,
+                "evaluators": {name: ev.state() for name, ev in evaluators.items()},
+            }
+            atomic_torch_save(checkpoint, ckpt_path)  # checkpoint first: a kill after this point loses nothing
+            if cfg.get("keep_checkpoints"):
+                atomic_torch_save(checkpoint, run_dir / f"checkpoints/{exp.name}.pt")
+            result = _write_results(run_dir, cfg, stream, state, status, error, cl_summary)
+            _append_event(run_dir, exp, row, state["timing"][-1])
             if logger is not None:
                 logger.log_metrics({f"exp_{j}/test/acc": a for j, a in zip(learn_ids, row)}, step=exp.id)
                 logger.save()
-            result = _write_results(run_dir, cfg, stream, state, status, error, cl_summary)
-            _append_event(run_dir, exp, row, state["timing"][-1])
-            strategy.cpu()
-            atomic_torch_save(
-                {
-                    "model": strategy.state_dict(),
-                    "extra": strategy.state_for_checkpoint(),
-                    "runner": state,
-                    "evaluators": {name: ev.state() for name, ev in evaluators.items()},
-                },
-                ckpt_path,
-            )
         status = "complete"
     except NonFiniteLossError as err:
         status, error = "failed", str(err)

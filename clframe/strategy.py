@@ -99,8 +99,23 @@ class Strategy(pl.LightningModule):
         loss = self.training_loss(batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(self.experience.id if self.experience else -1, self.global_step, loss.item())
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["y"]))
+        if batch_idx % self.trainer.log_every_n_steps == 0:  # self.log costs ~10% of a small step: not every step
+            self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(batch["y"]))
         return loss
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move a (nested) dict batch to ``device``; a no-op when it is already there (CPU runs)."""
+
+        def move(obj: Any) -> Any:
+            if isinstance(obj, Tensor):
+                return obj if obj.device == device else obj.to(device, non_blocking=True)
+            if isinstance(obj, dict):
+                return {k: move(v) for k, v in obj.items()}
+            if isinstance(obj, (list, tuple)):
+                return type(obj)(move(v) for v in obj)
+            return obj
+
+        return move(batch)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -123,8 +138,9 @@ class Strategy(pl.LightningModule):
     def after_experience(self, exp: Experience) -> None:
         """Called after training on ``exp`` (compute Fisher, fill buffers, snapshot...)."""
 
-    def train_dataloader_for(self, exp: Experience) -> TensorLoader:
-        """The batches to train on for ``exp``; replay methods mix in their buffer here."""
+    def train_dataloader_for(self, exp: Experience) -> TensorLoader | None:
+        """The batches to train on for ``exp``; replay methods mix in their buffer here.
+        ``None`` means no gradient steps: the runner skips ``Trainer.fit`` (e.g. NMC)."""
         return TensorLoader(exp.train, self.batch_size, shuffle=True, seed=self.seed, transform=exp.transform)
 
     def unlearn(self, exp: Experience) -> None:

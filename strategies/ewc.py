@@ -15,8 +15,15 @@ class EWC(Strategy):
     that mattered for earlier experiences (diagonal Fisher ``F_t``) near their values ``theta*_t``.
     ``online=True`` keeps one running Fisher ``F = gamma F + F_t`` anchored at the latest parameters."""
 
-    def __init__(self, *args, lam: float = 5000.0, fisher_samples: int | None = 1000,
-                 online: bool = False, gamma: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        *args,
+        lam: float = 100.0,
+        fisher_samples: int | None = 1000,
+        online: bool = False,
+        gamma: float = 1.0,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.lam, self.fisher_samples, self.online, self.gamma = lam, fisher_samples, online, gamma
         self.anchors: list[tuple[dict, dict]] = []  # (fisher, parameters) per experience (one if online)
