@@ -47,6 +47,18 @@ def split_by_classes(
     return exps
 
 
+def per_class_subset(data: TensorData, n: int | None, seed: int) -> TensorData:
+    """At most ``n`` seeded random samples per class (reduced CPU protocols); ``None``: all."""
+    if not n:
+        return data
+    gen = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in data.classes():
+        idx = (data.y == c).nonzero().squeeze(1)
+        keep.append(idx[torch.randperm(len(idx), generator=gen)[:n]])
+    return data.subset(torch.cat(keep).sort().values)
+
+
 @register_scenario("split")
 def split(
     *,
@@ -55,17 +67,26 @@ def split(
     n_experiences: int = 5,
     class_order: Sequence[int] | None = None,
     shuffle_classes: bool = False,
+    classes: Sequence[int] | None = None,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
     seed: int = 0,
 ) -> Stream:
-    """Split a data set's classes into ``n_experiences`` equal groups (class- or task-incremental)."""
+    """Split a data set's classes into ``n_experiences`` equal groups (class- or task-incremental).
+    ``classes``: stream only this subset (e.g. 5-9 after pretraining on 0-4); labels keep their ids."""
     if setting not in ("class", "task"):
         raise ConfigError("scenario.setting", setting, ["class", "task"])
     train, test = load_dataset(dataset)
-    order = resolve_class_order(train.classes(), class_order, shuffle_classes, seed)
+    train, test = per_class_subset(train, train_per_class, seed), per_class_subset(test, test_per_class, seed)
+    pool = train.classes() if classes is None else sorted(int(c) for c in classes)
+    if not set(pool) <= set(train.classes()):
+        raise ConfigError("scenario.classes", list(classes), f"a subset of {train.classes()}")
+    order = resolve_class_order(pool, class_order, shuffle_classes, seed)
     if n_experiences <= 0 or len(order) % n_experiences:
         divisors = [d for d in range(1, len(order) + 1) if len(order) % d == 0]
         raise ConfigError("scenario.n_experiences", n_experiences, divisors, hint=f"{len(order)} classes must split evenly")
     k = len(order) // n_experiences
     groups = [order[i * k : (i + 1) * k] for i in range(n_experiences)]
     exps = split_by_classes(train, test, groups, task_labels=setting == "task")
-    return Stream(f"split_{dataset}", exps, n_classes=len(order), input_shape=input_shape(train), setting=setting)
+    n_classes = len(train.classes()) if classes is not None else len(order)
+    return Stream(f"split_{dataset}", exps, n_classes=n_classes, input_shape=input_shape(train), setting=setting)

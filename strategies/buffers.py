@@ -114,3 +114,59 @@ class ReplayLoader:
                 mem, extra = self.buffer.sample(self.n, self.generator)
                 batch["replay"] = {"x": mem.x, "y": mem.y, "task": mem.task, "ids": mem.ids, **extra}
             yield batch
+
+
+# --------------------------------------------------------------- online rehearsal (ER, DER++, ER-ACE) and iCaRL
+HOST = torch.device("cpu")  # memory lives in host memory next to the stream data; batches move to the device
+
+
+class OnlineMemory:
+    """A reservoir :class:`ReplayBuffer` offered every incoming batch (ER, DER++, ER-ACE, as in Mammoth).
+
+    :meth:`loader` yields stream batches *without* augmentation, each with ``minibatch_size``
+    memory samples, so the memory keeps un-augmented inputs; the method augments both halves with
+    :meth:`augment` (``exp.transform``, on the batch's device) and calls :meth:`remember` on the
+    incoming batch (with extras such as logits). Reservoir randomness is seeded per experience."""
+
+    def __init__(self, buffer_size: int, minibatch_size: int):
+        self.buffer = ReplayBuffer(buffer_size, "reservoir")
+        self.minibatch_size = minibatch_size
+        self.transform, self.generator = None, torch.Generator()
+
+    def loader(self, exp, batch_size: int, seed: int, draws: int = 1) -> ReplayLoader:
+        """``draws`` memory batches per step, drawn together (without replacement) in ``batch["replay"]``."""
+        from clframe.stream import TensorLoader
+
+        self.transform, self.generator = exp.transform, torch.Generator().manual_seed(seed + 1)
+        stream = TensorLoader(exp.train, batch_size, shuffle=True, seed=seed)
+        return ReplayLoader(stream, self.buffer, draws * self.minibatch_size, seed)
+
+    def augment(self, x: Tensor) -> Tensor:
+        return x if self.transform is None else self.transform(x)
+
+    def remember(self, batch: dict[str, Tensor], **extra: Tensor) -> None:
+        data = TensorData(*(batch[k].detach().to(HOST) for k in ("x", "y", "ids", "task")))
+        self.buffer.add(data, self.generator, {k: v.detach().float().to(HOST) for k, v in extra.items()})
+
+    def state(self) -> dict:
+        return self.buffer.state()
+
+    def load(self, state: dict) -> None:
+        self.buffer.load(state)
+
+
+def herding(features: Tensor, m: int) -> Tensor:
+    """Indices of ``m`` samples chosen greedily so that the running mean of their (L2-normalised)
+    features stays closest to the class mean (iCaRL, Rebuffi et al. 2017, Alg. 4); in selection order."""
+    feats = torch.nn.functional.normalize(features.float(), dim=1)
+    mu = feats.mean(0)
+    chosen: list[int] = []
+    total = torch.zeros_like(mu)
+    available = torch.ones(len(feats), dtype=torch.bool, device=feats.device)
+    for k in range(1, min(m, len(feats)) + 1):
+        dist = (mu - (total + feats) / k).norm(dim=1).masked_fill(~available, float("inf"))
+        i = int(dist.argmin())
+        chosen.append(i)
+        total += feats[i]
+        available[i] = False
+    return torch.tensor(chosen, dtype=torch.long)

@@ -25,7 +25,9 @@ def frozen_copy(strategy) -> nn.Sequential:
     return net.eval()
 
 
-def fisher_diagonal(strategy, data, n_samples: int | None, generator: torch.Generator, batch_size: int = 256) -> dict[str, Tensor]:
+def fisher_diagonal(
+    strategy, data, n_samples: int | None, generator: torch.Generator, batch_size: int = 256
+) -> dict[str, Tensor]:
     """Diagonal Fisher information of the trainable parameters, from exact per-sample gradients
     (``torch.func.vmap``) of the log-likelihood of the model's own predicted label, averaged over
     ``n_samples`` random samples of ``data`` (all if ``None``)."""

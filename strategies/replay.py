@@ -15,8 +15,14 @@ class Replay(Strategy):
     """Each training batch is concatenated with a batch drawn from memory; the memory is
     updated with the experience's data after training (``buffer_size`` samples in total)."""
 
-    def __init__(self, *args, buffer_size: int = 200, buffer_policy: str = "class_balanced",
-                 replay_batch_size: int | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        buffer_size: int = 200,
+        buffer_policy: str = "class_balanced",
+        replay_batch_size: int | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.buffer = ReplayBuffer(buffer_size, buffer_policy)
         self.replay_batch_size = replay_batch_size or self.batch_size

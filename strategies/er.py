@@ -1,0 +1,39 @@
+"""Experience Replay (Chaudhry et al. 2019, "On tiny episodic memories in continual learning")."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from clframe.registry import register_strategy
+from clframe.strategy import Strategy
+from strategies.buffers import OnlineMemory
+
+
+@register_strategy("er")
+class ER(Strategy):
+    """Every incoming batch is joined by ``minibatch_size`` samples from a reservoir memory of
+    ``buffer_size`` samples, which is offered each incoming batch right away (online reservoir
+    update, as Mammoth's ``er``; the ``replay`` strategy instead fills its memory after each experience)."""
+
+    def __init__(self, *args, buffer_size: int = 200, minibatch_size: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.memory = OnlineMemory(buffer_size, minibatch_size or self.batch_size)
+
+    def train_dataloader_for(self, exp):
+        return self.memory.loader(exp, self.batch_size, self.seed)
+
+    def training_loss(self, batch):
+        x, y, task = batch["x"], batch["y"], batch["task"]
+        if "replay" in batch:
+            mem = batch["replay"]
+            x, y, task = torch.cat([x, mem["x"]]), torch.cat([y, mem["y"]]), torch.cat([task, mem["task"]])
+        loss = F.cross_entropy(self(self.memory.augment(x), task), y)
+        self.memory.remember(batch)
+        return loss
+
+    def state_for_checkpoint(self):
+        return {"memory": self.memory.state()}
+
+    def load_checkpoint_state(self, state):
+        self.memory.load(state["memory"])
