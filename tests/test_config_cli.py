@@ -67,13 +67,27 @@ def test_run_plot_compare_end_to_end(tmp_path):
     for strat in ("naive", "replay"):
         d = tmp_path / strat
         res = _cli(
-            "run", "scenario=split_blobs", f"strategy={strat}", "backbone.hidden=[32]", "trainer.max_epochs=2",
-            f"run_dir={d}", "progress_bar=none",
+            "run",
+            "scenario=split_blobs",
+            f"strategy={strat}",
+            "backbone.hidden=[32]",
+            "trainer.max_epochs=2",
+            f"run_dir={d}",
+            "progress_bar=none",
         )
         assert res.returncode == 0, res.stderr[-2000:]
         assert "accuracy matrix" in res.stdout and "cl/avg_acc" in res.stdout
-        for f in ("config.yaml", "metrics.json", "accuracy_matrix.csv", "events.jsonl", "checkpoints/last.pt",
-                  "plots/accuracy_matrix.png", "plots/stability.png", "plots/curves.png", "logs/metrics.csv"):
+        for f in (
+            "config.yaml",
+            "metrics.json",
+            "accuracy_matrix.csv",
+            "events.jsonl",
+            "checkpoints/last.pt",
+            "plots/accuracy_matrix.png",
+            "plots/stability.png",
+            "plots/curves.png",
+            "logs/metrics.csv",
+        ):
             assert (d / f).is_file(), f
         m = json.loads((d / "metrics.json").read_text())
         assert m["status"] == "complete" and len(m["accuracy_matrix"]) == 5
@@ -88,8 +102,17 @@ def test_run_plot_compare_end_to_end(tmp_path):
 
 def test_multirun_sweep(tmp_path):
     res = _cli(
-        "run", "-m", "scenario=split_blobs", "strategy=naive,lwf", "backbone.hidden=[16]", "trainer.max_epochs=1",
-        "progress_bar=none", "plots=false", "logger=none", f"hydra.sweep.dir={tmp_path}", cwd=str(Path.cwd()),
+        "run",
+        "-m",
+        "scenario=split_blobs",
+        "strategy=naive,lwf",
+        "backbone.hidden=[16]",
+        "trainer.max_epochs=1",
+        "progress_bar=none",
+        "plots=false",
+        "logger=none",
+        f"hydra.sweep.dir={tmp_path}",
+        cwd=str(Path.cwd()),
     )
     assert res.returncode == 0, res.stderr[-2000:]
     found = sorted(p.parent.name for p in tmp_path.glob("*/metrics.json"))
