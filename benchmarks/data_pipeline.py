@@ -58,8 +58,9 @@ def main() -> None:
     out["tensor"] = {"images": n, "seconds": dt, "images_per_s": n / dt}
 
     norm = transforms.Normalize(cifar.MEAN, cifar.STD)
-    tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                             transforms.ToTensor(), norm])
+    tf = transforms.Compose(
+        [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(), norm]
+    )
     folder = ImageFolder(str(path.parent / "train"), transform=tf)
     idx = torch.randperm(len(folder), generator=torch.Generator().manual_seed(0))[: args.pil_images].tolist()
     loader = DataLoader(Subset(folder, idx), batch_size=args.batch_size, shuffle=False, num_workers=args.workers)

@@ -70,19 +70,29 @@ def main() -> None:
                 pretrained = Path(res["run_dir"]) / "checkpoints" / "pretrained_backbone.pt"
             m, secs = res["metrics"], res["seconds_per_experience"]
             row = {
-                "variant": variant, "method": label, "avg_acc": m["cl/avg_acc"], "avg_inc_acc": m["cl/avg_inc_acc"],
-                "forgetting": m["cl/forgetting"], "sec_per_exp": sum(secs) / len(secs),
-                "trainable_per_task": trainable_per_task(compose(overrides)), "run_dir": str(run_dir),
+                "variant": variant,
+                "method": label,
+                "avg_acc": m["cl/avg_acc"],
+                "avg_inc_acc": m["cl/avg_inc_acc"],
+                "forgetting": m["cl/forgetting"],
+                "sec_per_exp": sum(secs) / len(secs),
+                "trainable_per_task": trainable_per_task(compose(overrides)),
+                "run_dir": str(run_dir),
                 "pretrain_acc": (res.get("pretrain") or {}).get("train_acc"),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
     Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    lines = ["| pretraining | method | final avg acc | avg incremental acc | forgetting | s / experience "
-             "| trainable params / task |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| pretraining | method | final avg acc | avg incremental acc | forgetting | s / experience "
+        "| trainable params / task |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['method']} | {100 * r['avg_acc']:.1f} | {100 * r['avg_inc_acc']:.1f} | "
-                     f"{100 * r['forgetting']:.1f} | {r['sec_per_exp']:.1f} | {r['trainable_per_task']:,} |")
+        lines.append(
+            f"| {r['variant']} | {r['method']} | {100 * r['avg_acc']:.1f} | {100 * r['avg_inc_acc']:.1f} | "
+            f"{100 * r['forgetting']:.1f} | {r['sec_per_exp']:.1f} | {r['trainable_per_task']:,} |"
+        )
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

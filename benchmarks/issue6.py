@@ -102,7 +102,8 @@ def overhead() -> None:
             s.current = "0"
             o = s.overhead()
             print(
-                f"| {name} | {'yes' if skip else 'no'} | {o['backbone']:,} | {o['reprogram_conv']:,} ({o['pct_conv']:.3f}%) "
+                f"| {name} | {'yes' if skip else 'no'} | {o['backbone']:,} "
+                f"| {o['reprogram_conv']:,} ({o['pct_conv']:.3f}%) "
                 f"| {o['norm_or_copies']:,} | {o['pct_conv_norm']:.3f}% | {o['pct_with_head']:.3f}% |"
             )
 

@@ -29,11 +29,22 @@ def main() -> None:
     rows = {}
     for m in args.methods:
         t0 = time.perf_counter()
-        cfg = compose([f"experiment=seq_cifar10_{m}_cpu", f"seed={args.seed}", f"run_dir={args.out}/{m}_s{args.seed}",
-                       "logger=none", "plots=false", "progress_bar=none"])
+        cfg = compose(
+            [
+                f"experiment=seq_cifar10_{m}_cpu",
+                f"seed={args.seed}",
+                f"run_dir={args.out}/{m}_s{args.seed}",
+                "logger=none",
+                "plots=false",
+                "progress_bar=none",
+            ]
+        )
         res = run(cfg)
-        rows[m] = {"avg_acc": 100 * res["metrics"]["cl/avg_acc"], "forgetting": 100 * res["metrics"]["cl/forgetting"],
-                   "seconds": time.perf_counter() - t0}
+        rows[m] = {
+            "avg_acc": 100 * res["metrics"]["cl/avg_acc"],
+            "forgetting": 100 * res["metrics"]["cl/forgetting"],
+            "seconds": time.perf_counter() - t0,
+        }
         print(f"{m}: {rows[m]}", flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"summary_s{args.seed}.json").write_text(json.dumps(rows, indent=2))

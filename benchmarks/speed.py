@@ -34,7 +34,9 @@ LR, BATCH = 0.01, 128
 
 
 def mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 10))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 10)
+    )
 
 
 def plain_loop(exps) -> list[list[float]]:
@@ -58,7 +60,9 @@ def plain_loop(exps) -> list[list[float]]:
             opt.step()
         model.eval()
         with torch.no_grad():
-            rows.append([float((model(e.test.x).masked_fill(~seen, -1e4).argmax(1) == e.test.y).float().mean()) for e in exps])
+            rows.append(
+                [float((model(e.test.x).masked_fill(~seen, -1e4).argmax(1) == e.test.y).float().mean()) for e in exps]
+            )
     return rows
 
 
@@ -66,10 +70,18 @@ def clframe_run(tmp: Path, k: int) -> list[list[float]]:
     from clframe.config import compose
     from clframe.runner import run
 
-    cfg = compose([
-        "scenario=split_mnist", "strategy=naive", f"strategy.lr={LR}", f"strategy.batch_size={BATCH}",
-        "trainer.max_epochs=1", "progress_bar=none", "plots=false", f"run_dir={tmp / f'clframe{k}'}",
-    ])
+    cfg = compose(
+        [
+            "scenario=split_mnist",
+            "strategy=naive",
+            f"strategy.lr={LR}",
+            f"strategy.batch_size={BATCH}",
+            "trainer.max_epochs=1",
+            "progress_bar=none",
+            "plots=false",
+            f"run_dir={tmp / f'clframe{k}'}",
+        ]
+    )
     return run(cfg)["accuracy_matrix"]
 
 
@@ -88,8 +100,13 @@ def avalanche_run(exps) -> list[list[float]]:
     torch.manual_seed(0)
     model = mlp()
     strat = Naive(
-        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR), criterion=nn.CrossEntropyLoss(),
-        train_mb_size=BATCH, train_epochs=1, eval_mb_size=2048, device="cpu",
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=LR),
+        criterion=nn.CrossEntropyLoss(),
+        train_mb_size=BATCH,
+        train_epochs=1,
+        eval_mb_size=2048,
+        device="cpu",
         evaluator=EvaluationPlugin(accuracy_metrics(experience=True), loggers=[]),
     )
     rows = []

@@ -28,8 +28,8 @@ def _run(argv: list[str]) -> int:
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     def main(cfg: DictConfig) -> None:
-        from clframe.runner import run
         from clframe.report import print_summary
+        from clframe.runner import run
 
         if not cfg.get("run_dir") and not cfg.get("resume"):
             cfg.run_dir = HydraConfig.get().runtime.output_dir

@@ -95,7 +95,11 @@ ATTENTION_TARGETS = ("*.qkv", "*.proj")
 
 
 def add_lora(
-    module: nn.Module, *, targets: Sequence[str] | None = None, rank: int = 4, alpha: float = 8.0,
+    module: nn.Module,
+    *,
+    targets: Sequence[str] | None = None,
+    rank: int = 4,
+    alpha: float = 8.0,
     adapters: Sequence[str] = ("default",),
 ) -> list[str]:
     """Replace every ``nn.Linear`` whose qualified name matches a glob in ``targets`` by a

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from clframe.errors import ConfigError, NonFiniteLossError
-from clframe.io import atomic_write_text, atomic_torch_save, write_json
+from clframe.io import atomic_torch_save, atomic_write_text, write_json
 from clframe.registry import BACKBONES, EVALUATORS, SCENARIOS, STRATEGIES, UNLEARNERS
 from clframe.stream import Stream, TensorData
 
@@ -72,7 +72,9 @@ def learn_experience(cfg: DictConfig, strategy, exp, logger=None, wrap_loader=No
             loader = wrap_loader(loader)
         trainer = make_trainer(cfg, logger, exp.id)
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*(does not have many workers|smaller than the logging interval|treespec).*")
+            warnings.filterwarnings(
+                "ignore", ".*(does not have many workers|smaller than the logging interval|treespec).*"
+            )
             trainer.fit(strategy, train_dataloaders=loader)
     strategy.after_experience(exp)
 
@@ -171,7 +173,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for ev in evaluators.values():
         ev.setup(cfg, run_dir)
     state: dict[str, Any] = {
-        "next": 0, "rows": [], "row_events": [], "random_init": None, "timing": [], "evaluations": [], "pretrain": None,
+        "next": 0,
+        "rows": [],
+        "row_events": [],
+        "random_init": None,
+        "timing": [],
+        "evaluations": [],
+        "pretrain": None,
     }
     ckpt_path = run_dir / CHECKPOINT
     if cfg.get("resume") and ckpt_path.is_file():
@@ -188,6 +196,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("resuming %s at experience %d", run_dir, state["next"])
     else:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+        (run_dir / "events.jsonl").unlink(missing_ok=True)  # a fresh run into an old folder starts a new log
         if cfg.get("pretrain"):
             from clframe.pretrain import run_pretraining
 
@@ -240,7 +249,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if logger is not None and hasattr(logger, "finalize"):
             logger.finalize("success" if status == "complete" else "failed")
     if status == "complete" and evaluators:
-        for name, ev in evaluators.items():
+        for ev in evaluators.values():
             result["metrics"].update(ev.finalize(run_dir, result))
         write_json(run_dir / "metrics.json", result)
     if status == "complete" and cfg.get("plots", True):

@@ -19,5 +19,7 @@ __all__ = [
     "forgetting",
     "forward_transfer",
 ]
-from metrics import unlearning_eval  # noqa: E402,F401  (issue 8: registers the "unlearning" evaluator)
-from metrics import retrieval_eval  # noqa: E402,F401  (issue 5: registers the "retrieval" evaluator)
+from metrics import (
+    retrieval_eval,  # noqa: E402,F401  (issue 5: registers the "retrieval" evaluator)
+    unlearning_eval,  # noqa: E402,F401  (issue 8: registers the "unlearning" evaluator)
+)

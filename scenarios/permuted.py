@@ -18,7 +18,12 @@ def permute_pixels(data: TensorData, perm: torch.Tensor, task: int) -> TensorDat
 
 @register_scenario("permuted")
 def permuted(
-    *, dataset: str = "mnist", n_experiences: int = 10, first_identity: bool = True, setting: str = "domain", seed: int = 0
+    *,
+    dataset: str = "mnist",
+    n_experiences: int = 10,
+    first_identity: bool = True,
+    setting: str = "domain",
+    seed: int = 0,
 ) -> Stream:
     """Permuted MNIST (Goodfellow et al. 2013; Kirkpatrick et al. 2017): same 10 classes, new
     pixel permutation per experience (the first one unpermuted if ``first_identity``).
@@ -35,7 +40,9 @@ def permuted(
         perm = torch.arange(n_pix) if (i == 0 and first_identity) else torch.randperm(n_pix, generator=gen)
         task = i if setting == "task" else 0
         exps.append(
-            Experience(i, "learn", permute_pixels(train, perm, task), permute_pixels(test, perm, task), train.classes(), task)
+            Experience(
+                i, "learn", permute_pixels(train, perm, task), permute_pixels(test, perm, task), train.classes(), task
+            )
         )
     classes = len(train.classes())
     return Stream(f"permuted_{dataset}", exps, n_classes=classes, input_shape=input_shape(train), setting=setting)

@@ -84,7 +84,9 @@ def split(
     order = resolve_class_order(pool, class_order, shuffle_classes, seed)
     if n_experiences <= 0 or len(order) % n_experiences:
         divisors = [d for d in range(1, len(order) + 1) if len(order) % d == 0]
-        raise ConfigError("scenario.n_experiences", n_experiences, divisors, hint=f"{len(order)} classes must split evenly")
+        raise ConfigError(
+            "scenario.n_experiences", n_experiences, divisors, hint=f"{len(order)} classes must split evenly"
+        )
     k = len(order) // n_experiences
     groups = [order[i * k : (i + 1) * k] for i in range(n_experiences)]
     exps = split_by_classes(train, test, groups, task_labels=setting == "task")

@@ -39,9 +39,16 @@ def seq_cifar10(
     seeded class-balanced subset (reduced CPU protocols)."""
     from clframe.cifar import augment as cifar_augment
 
-    stream = split(dataset="cifar10", setting=setting, n_experiences=n_experiences, class_order=class_order,
-                   shuffle_classes=shuffle_classes, train_per_class=train_per_class,
-                   test_per_class=test_per_class, seed=seed)
+    stream = split(
+        dataset="cifar10",
+        setting=setting,
+        n_experiences=n_experiences,
+        class_order=class_order,
+        shuffle_classes=shuffle_classes,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        seed=seed,
+    )
     exps = [replace(e, transform=cifar_augment if augment else None) for e in stream.experiences]
     return Stream("seq_cifar10", exps, stream.n_classes, stream.input_shape, stream.setting)
 
@@ -79,10 +86,16 @@ def rotated(
     for i, deg in enumerate(angles):
         idx = torch.randperm(len(train), generator=gen)[:train_per_experience]
         tr = train.subset(idx.sort().values)
-        exps.append(Experience(
-            i, "learn", TensorData(rotate(tr.x, deg), tr.y, tr.ids, tr.task),
-            TensorData(rotate(test.x, deg), test.y, test.ids, test.task), train.classes(), name=f"rot_{deg:.0f}",
-        ))
+        exps.append(
+            Experience(
+                i,
+                "learn",
+                TensorData(rotate(tr.x, deg), tr.y, tr.ids, tr.task),
+                TensorData(rotate(test.x, deg), test.y, test.ids, test.task),
+                train.classes(),
+                name=f"rot_{deg:.0f}",
+            )
+        )
     return Stream(f"rotated_{dataset}", exps, len(train.classes()), input_shape(train), setting="domain")
 
 

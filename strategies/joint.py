@@ -1,8 +1,8 @@
 """Joint training: the upper bound that sees all data so far."""
 
 from clframe.registry import register_strategy
-from clframe.stream import Experience, TensorData, TensorLoader
 from clframe.strategy import Strategy
+from clframe.stream import Experience, TensorData, TensorLoader
 
 
 @register_strategy("joint")

@@ -55,7 +55,8 @@ class TimmBackbone(Backbone):
             raise ConfigError("backbone.model", model, close, hint="see timm.list_models('*pattern*')")
         if pretrained and not pretrained_path:
             raise ConfigError(
-                "backbone.pretrained", pretrained,
+                "backbone.pretrained",
+                pretrained,
                 hint="clframe never downloads weights: set backbone.pretrained_path=<local weights file>",
             )
         self.net = timm.create_model(
@@ -73,7 +74,8 @@ class TimmBackbone(Backbone):
         missing = sorted(set(own) - set(state))
         if missing:
             raise ConfigError(
-                "backbone.pretrained_path", str(path),
+                "backbone.pretrained_path",
+                str(path),
                 hint=f"weights do not fit timm model {self.model_name!r}: {len(missing)} tensors missing or "
                 f"of another shape, e.g. {missing[:5]}",
             )

@@ -47,8 +47,16 @@ class ViT(Backbone):
         if width % heads:
             raise ConfigError("backbone.heads", heads, f"a divisor of width={width}")
         self.vit = VisionTransformer(
-            img_size=(h, w), patch_size=patch_size, in_chans=c, num_classes=0, embed_dim=width, depth=depth,
-            num_heads=heads, mlp_ratio=mlp_ratio, drop_path_rate=drop_path, global_pool="token",
+            img_size=(h, w),
+            patch_size=patch_size,
+            in_chans=c,
+            num_classes=0,
+            embed_dim=width,
+            depth=depth,
+            num_heads=heads,
+            mlp_ratio=mlp_ratio,
+            drop_path_rate=drop_path,
+            global_pool="token",
         )
         self.num_features = width
         if pretrained_path:
@@ -61,13 +69,21 @@ class ViT(Backbone):
         """Load a local state dict (keys with or without the ``vit.`` prefix; a classifier head is ignored)."""
         file = Path(path).expanduser()
         if not file.is_file():
-            raise ConfigError("backbone.pretrained_path", str(path), "an existing local weights file",
-                              hint="clframe never downloads weights")
+            raise ConfigError(
+                "backbone.pretrained_path",
+                str(path),
+                "an existing local weights file",
+                hint="clframe never downloads weights",
+            )
         state = torch.load(file, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state.get("model", state))
         state = {k.removeprefix("backbone.").removeprefix("vit."): v for k, v in state.items()}
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         missing, unexpected = self.vit.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ConfigError("backbone.pretrained_path", str(path), "weights of a ViT with this configuration",
-                              hint=f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+            raise ConfigError(
+                "backbone.pretrained_path",
+                str(path),
+                "weights of a ViT with this configuration",
+                hint=f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}",
+            )
