@@ -19,6 +19,12 @@ def _pyplot():
     return plt
 
 
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def _save(fig, path: Path) -> Path:
     from clframe.io import _atomic
 
@@ -59,6 +65,7 @@ def plot_stability(m: dict, path: Path) -> Path:
         if len(steps):
             ax.plot(steps, R[j:, j], marker="o", label=f"exp {j}")
     ax.set_xlabel("after training on experience")
+    ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 102)
     ax.set_title(f"stability curves — {m['strategy']}")
@@ -77,6 +84,7 @@ def plot_curves(runs: list[dict], path: Path) -> Path:
             ax.plot(np.arange(len(ys)), ys, marker="o", label=_label(m))
     for ax, title in zip(axes, ("average accuracy (%)", "forgetting (%)")):
         ax.set_xlabel("after training on experience")
+        ax.xaxis.set_major_locator(_integer_ticks())
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
