@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from clframe.config import compose
-from clframe.runner import build, eval_device, make_trainer, seed_all
+from clframe.runner import build, eval_device, learn_experience, seed_all
 from clframe.stream import Experience, TensorData
 from metrics import compatibility as C
 from metrics.retrieval_eval import RetrievalEvaluator
@@ -30,12 +30,7 @@ from metrics.retrieval_eval import RetrievalEvaluator
 def fit(strategy, exp: Experience, cfg, seed: int) -> None:
     seed_all(seed)
     strategy.seed = seed
-    strategy.train()
-    strategy.before_experience(exp)
-    loader = strategy.train_dataloader_for(exp)
-    if loader is not None:
-        make_trainer(cfg, None, exp.id).fit(strategy, train_dataloaders=loader)
-    strategy.after_experience(exp)
+    learn_experience(cfg, strategy, exp)
 
 
 def downloaded_model(cfg, stream, upto: int, seed: int, epochs: int):

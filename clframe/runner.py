@@ -70,7 +70,7 @@ def learn_experience(cfg: DictConfig, strategy, exp, logger=None, wrap_loader=No
     if loader is not None:  # None: the strategy takes no gradient steps (e.g. NMC)
         if wrap_loader is not None:
             loader = wrap_loader(loader)
-        trainer = make_trainer(cfg, logger, exp.id)
+        trainer = make_trainer(cfg, logger)
         with warnings.catch_warnings():
             warnings.filterwarnings(
                 "ignore", ".*(does not have many workers|smaller than the logging interval|treespec).*"
@@ -101,7 +101,7 @@ def accuracy(strategy, data: TensorData, device: torch.device) -> float:
     return float((predict(strategy, data, device).argmax(1) == data.y).float().mean())
 
 
-def make_trainer(cfg: DictConfig, logger, exp_id: int):
+def make_trainer(cfg: DictConfig, logger):
     import lightning.pytorch as pl
 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
@@ -151,8 +151,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     With ``cfg.resume`` set to an earlier run directory, its saved config is used and the
     run continues after the last checkpointed experience.
     """
-    from metrics.cl import cl_summary
-
     if cfg.get("resume"):
         run_dir = Path(cfg.resume)
         saved = run_dir / "config.yaml"
@@ -232,7 +230,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             atomic_torch_save(checkpoint, ckpt_path)  # checkpoint first: a kill after this point loses nothing
             if cfg.get("keep_checkpoints"):
                 atomic_torch_save(checkpoint, run_dir / f"checkpoints/{exp.name}.pt")
-            result = _write_results(run_dir, cfg, stream, state, status, error, cl_summary)
+            result = _write_results(run_dir, cfg, stream, state, status, error)
             _append_event(run_dir, exp, row, state["timing"][-1])
             if logger is not None:
                 logger.log_metrics({f"exp_{j}/test/acc": a for j, a in zip(learn_ids, row)}, step=exp.id)
@@ -245,7 +243,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         status, error = "failed", f"{type(err).__name__}: {err}"
         raise
     finally:
-        result = _write_results(run_dir, cfg, stream, state, status, error, cl_summary)
+        result = _write_results(run_dir, cfg, stream, state, status, error)
         if logger is not None and hasattr(logger, "finalize"):
             logger.finalize("success" if status == "complete" else "failed")
     if status == "complete" and evaluators:
@@ -264,12 +262,12 @@ def _learn_rows(state: dict[str, Any]) -> np.ndarray:
     return np.asarray(rows, dtype=float)
 
 
-def _write_results(run_dir: Path, cfg, stream: Stream, state, status: str, error, cl_summary) -> dict[str, Any]:
+def _write_results(run_dir: Path, cfg, stream: Stream, state, status: str, error) -> dict[str, Any]:
     R = _learn_rows(state)
     curves: dict[str, list[float]] = {}
     summary: dict[str, float] = {}
     if len(R):
-        from metrics.cl import average_accuracy, forgetting
+        from metrics.cl import average_accuracy, cl_summary, forgetting
 
         summary = cl_summary(R, state["random_init"])
         curves = {

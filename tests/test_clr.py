@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from clframe.registry import BACKBONES, load_plugins
-from clframe.runner import build, make_trainer, predict, run
+from clframe.runner import build, learn_experience, predict, run
 from strategies.clr import CLR
 from strategies.reprogram import TaskSwitch
 from tests.conftest import crash_at
@@ -25,11 +25,8 @@ DIGITS = (
 
 
 def _learn(strategy, cfg, exp):
-    strategy.train()
     strategy.seed = exp.id
-    strategy.before_experience(exp)
-    make_trainer(cfg, None, exp.id).fit(strategy, train_dataloaders=strategy.train_dataloader_for(exp))
-    strategy.after_experience(exp)
+    learn_experience(cfg, strategy, exp)
 
 
 def _anchor_state(strategy):

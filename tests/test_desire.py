@@ -7,7 +7,7 @@ from torch import nn
 
 from clframe.lora import lora_layers
 from clframe.registry import load_plugins
-from clframe.runner import build, make_trainer, run
+from clframe.runner import build, learn_experience, run
 from clframe.stream import Experience, TensorData
 from strategies.desire import DESIRE
 from strategies.feature_stats import ClassGaussians, refine_head
@@ -52,10 +52,7 @@ def test_holds_no_input_data_and_keeps_two_lora_sets(make_cfg):
     stream, strategy = build(cfg)
     shape = tuple(stream.input_shape)
     for exp in stream.experiences:
-        strategy.train()
-        strategy.before_experience(exp)
-        make_trainer(cfg, None, exp.id).fit(strategy, train_dataloaders=strategy.train_dataloader_for(exp))
-        strategy.after_experience(exp)
+        learn_experience(cfg, strategy, exp)
         own = {k: v for k, v in vars(strategy).items() if k not in ("_trainer",)}
         held = [*_tensors(own), *strategy.state_dict().values(), *_tensors(strategy.state_for_checkpoint())]
         assert not any(isinstance(t, (TensorData, Experience)) for t in held)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from clframe.runner import build, make_trainer, run
+from clframe.runner import build, learn_experience, run
 from strategies.hyperinterval import HyperInterval
 from strategies.intervals import forward_point, ibp, interval_affine
 from tests.conftest import crash_at
@@ -28,11 +28,8 @@ DIGITS = (
 def _learn(strategy, cfg, exps):
     for exp in exps:
         torch.manual_seed(exp.id)
-        strategy.train()
         strategy.seed = exp.id
-        strategy.before_experience(exp)
-        make_trainer(cfg, None, exp.id).fit(strategy, train_dataloaders=strategy.train_dataloader_for(exp))
-        strategy.after_experience(exp)
+        learn_experience(cfg, strategy, exp)
     return strategy.eval()
 
 
