@@ -11,7 +11,6 @@ import logging
 import os
 import random
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,27 +55,27 @@ def start_event(strategy, seed: int, exp) -> None:
     strategy.seed = seed * 1000 + exp.id
 
 
-def learn_experience(cfg: DictConfig, strategy, exp, logger=None, wrap_loader=None) -> None:
-    """Train on one learn experience: ``before_experience``, one Lightning fit, ``after_experience``.
+def learn_experience(cfg: DictConfig, strategy, exp, logger=None, wrap_loader=None, step_offset: int = 0) -> int:
+    """Train on one learn experience: ``before_experience``, :func:`clframe.fit.fit`, ``after_experience``.
 
     ``wrap_loader`` (optional) wraps the strategy's loader, e.g. to record the sample ids seen.
-    An experience whose training data were all forgotten only updates the class bookkeeping."""
+    An experience whose training data were all forgotten only updates the class bookkeeping.
+    Returns the number of optimiser steps taken."""
+    from clframe.fit import fit
+
     strategy.train()
     strategy.before_experience(exp)
     if exp.train is None or not len(exp.train):
         log.warning("experience %s has no training data left; skipped", exp.name)
-        return
+        return 0
+    steps = 0
     loader = strategy.train_dataloader_for(exp)
     if loader is not None:  # None: the strategy takes no gradient steps (e.g. NMC)
         if wrap_loader is not None:
             loader = wrap_loader(loader)
-        trainer = make_trainer(cfg, logger)
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", ".*(does not have many workers|smaller than the logging interval|treespec).*"
-            )
-            trainer.fit(strategy, train_dataloaders=loader)
+        steps = fit(strategy, loader, cfg, logger, step_offset)
     strategy.after_experience(exp)
+    return steps
 
 
 def eval_device(cfg: DictConfig) -> torch.device:
@@ -99,32 +98,6 @@ def predict(strategy, data: TensorData, device: torch.device, batch_size: int = 
 
 def accuracy(strategy, data: TensorData, device: torch.device) -> float:
     return float((predict(strategy, data, device).argmax(1) == data.y).float().mean())
-
-
-def make_trainer(cfg: DictConfig, logger):
-    import lightning.pytorch as pl
-
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # one Trainer per experience: keep the banner quiet
-
-    callbacks = []
-    bar = cfg.get("progress_bar", "tqdm")
-    if bar == "rich":
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar())
-    elif bar not in ("tqdm", "none"):
-        raise ConfigError("progress_bar", bar, ["tqdm", "rich", "none"])
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    kwargs.setdefault("enable_progress_bar", bar != "none")
-    return pl.Trainer(
-        **kwargs,
-        logger=logger if logger is not None else False,
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
 
 
 def make_logger(cfg: DictConfig, run_dir: Path):
@@ -178,6 +151,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "timing": [],
         "evaluations": [],
         "pretrain": None,
+        "steps": 0,
     }
     ckpt_path = run_dir / CHECKPOINT
     if cfg.get("resume") and ckpt_path.is_file():
@@ -209,7 +183,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             t0 = time.perf_counter()
             start_event(strategy, seed, exp)
             if exp.kind == "learn":
-                learn_experience(cfg, strategy, exp, logger)
+                state["steps"] = state.get("steps", 0) + learn_experience(
+                    cfg, strategy, exp, logger, step_offset=state.get("steps", 0)
+                )
             else:
                 strategy.unlearn(exp)
             row = [accuracy(strategy, d, device) for d in tests]
@@ -294,6 +270,7 @@ def _write_results(run_dir: Path, cfg, stream: Stream, state, status: str, error
         "metrics": summary,
         "curves": curves,
         "seconds_per_experience": state["timing"],
+        "optimizer_steps": state.get("steps", 0),
         "run_dir": str(run_dir),
     }
     write_json(run_dir / "metrics.json", result)

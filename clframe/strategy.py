@@ -67,6 +67,8 @@ class Strategy(pl.LightningModule):
         self.register_buffer("task_classes", torch.zeros(0, n_classes, dtype=torch.bool))
         self.experience: Experience | None = None
         self.seed = 0
+        # set by the training loop: optimiser steps taken / planned in the current experience (schedules)
+        self.step_in_experience, self.steps_per_experience = 0, 1
         self.unlearner = None  # set by the runner from cfg.unlearning; answers forget requests
 
     # ------------------------------------------------------------------ model
@@ -96,11 +98,20 @@ class Strategy(pl.LightningModule):
         return F.cross_entropy(self(batch["x"], batch["task"]), batch["y"])
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """One step's loss. The Fabric loop (``clframe.fit``) logs it and checks it is finite;
+        under ``trainer.engine=lightning`` this method does both through the Trainer."""
         loss = self.training_loss(batch)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(self.experience.id if self.experience else -1, self.global_step, loss.item())
-        if batch_idx % self.trainer.log_every_n_steps == 0:  # self.log costs ~10% of a small step: not every step
-            self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(batch["y"]))
+        trainer = self._trainer
+        if trainer is not None:
+            self.step_in_experience = trainer.global_step
+            self.steps_per_experience = max(1, int(trainer.estimated_stepping_batches))
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    self.experience.id if self.experience else -1, trainer.global_step, loss.item()
+                )
+            every = trainer.log_every_n_steps
+            if every and batch_idx % every == 0:  # self.log costs ~10% of a small step: not every step
+                self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(batch["y"]))
         return loss
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -140,7 +151,7 @@ class Strategy(pl.LightningModule):
 
     def train_dataloader_for(self, exp: Experience) -> TensorLoader | None:
         """The batches to train on for ``exp``; replay methods mix in their buffer here.
-        ``None`` means no gradient steps: the runner skips ``Trainer.fit`` (e.g. NMC)."""
+        ``None`` means no gradient steps: the runner skips training (e.g. NMC)."""
         return TensorLoader(exp.train, self.batch_size, shuffle=True, seed=self.seed, transform=exp.transform)
 
     def unlearn(self, exp: Experience) -> None:

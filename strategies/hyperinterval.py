@@ -103,10 +103,7 @@ class HyperInterval(Strategy):
     def schedule(self) -> tuple[float, float]:
         """(epsilon, kappa) now: epsilon ramps up linearly over the warmup; kappa decays linearly from 1 to
         ``kappa`` over the warmup, or by ``kappa_decay`` per step if set (authors' code: 5e-5)."""
-        try:
-            total, step = max(1, int(self.trainer.estimated_stepping_batches)), self.global_step
-        except RuntimeError:  # not attached to a Trainer
-            return self.epsilon, self.kappa
+        total, step = max(1, self.steps_per_experience), self.step_in_experience
         progress = min(1.0, step / max(1.0, self.warmup * total))
         decay = self.kappa_decay * step if self.kappa_decay is not None else progress * (1 - self.kappa)
         return self.epsilon * progress, max(1 - decay, self.kappa)

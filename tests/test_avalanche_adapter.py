@@ -11,7 +11,7 @@ from clframe.registry import SCENARIOS
 from tests.conftest import require_data
 
 ORDER = [3, 1, 0, 2, 4, 5, 6, 7, 8, 9]
-TINY = ("backbone.hidden=[32]", "trainer.max_epochs=1", "+trainer.limit_train_batches=4", "strategy.batch_size=64")
+TINY = ("backbone.hidden=[32]", "trainer.max_epochs=1", "trainer.limit_train_batches=4", "strategy.batch_size=64")
 
 
 def test_split_mnist_adapter_equals_native_split():

@@ -1,0 +1,63 @@
+"""The training loop (clframe/fit.py): the Fabric loop equals Lightning's Trainer.fit step for step."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from clframe.errors import ConfigError
+from clframe.runner import run
+from tests.conftest import BLOBS
+
+
+def _weights(cfg):
+    return torch.load(f"{cfg.run_dir}/checkpoints/last.pt", weights_only=True)["model"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["strategy=replay", "strategy.momentum=0.9"],
+        ["strategy=ewc", "strategy.lam=10", "trainer.max_steps=7"],  # max_steps caps the epochs
+        ["strategy=lwf", "trainer.gradient_clip_val=0.05", "trainer.accumulate_grad_batches=3"],
+        ["strategy=naive", "trainer.limit_train_batches=0.5"],
+        ["strategy=naive", "trainer.limit_train_batches=2"],
+    ],
+)
+def test_fabric_and_lightning_engines_give_identical_weights(make_cfg, extra):
+    cfgs = [make_cfg(*BLOBS, *extra, f"trainer.engine={e}") for e in ("fabric", "lightning")]
+    results = [run(cfg) for cfg in cfgs]
+    assert results[0]["accuracy_matrix"] == results[1]["accuracy_matrix"]
+    a, b = (_weights(cfg) for cfg in cfgs)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_max_steps_and_accumulation_count_optimiser_steps(make_cfg):
+    """3 epochs of ceil(n / 32) batches; accumulating 2 batches per step halves the steps (rounded up)."""
+    m = run(make_cfg(*BLOBS, "strategy=naive", "trainer.accumulate_grad_batches=2", "scenario.n_experiences=2"))
+    n_train = [len(e) for e in _train_sizes(make_cfg)]
+    expected = sum(3 * math.ceil(math.ceil(n / 32) / 2) for n in n_train)
+    capped = run(make_cfg(*BLOBS, "strategy=naive", "trainer.max_steps=4", "scenario.n_experiences=2"))
+    assert m["optimizer_steps"] == expected
+    assert capped["optimizer_steps"] == 2 * 4
+
+
+def _train_sizes(make_cfg):
+    from clframe.runner import build
+
+    stream, _ = build(make_cfg(*BLOBS, "scenario.n_experiences=2"))
+    return [e.train for e in stream.learn_experiences]
+
+
+def test_fabric_engine_rejects_trainer_only_keys(make_cfg):
+    with pytest.raises(
+        ConfigError, match=r"^trainer\.val_check_interval=0\.5 is invalid; valid choices: .*engine=lightning"
+    ):
+        run(make_cfg(*BLOBS, "+trainer.val_check_interval=0.5"))
+    with pytest.raises(ConfigError, match=r"^trainer\.engine='keras'.*valid choices: fabric, lightning"):
+        run(make_cfg(*BLOBS, "trainer.engine=keras"))
+    # the Trainer engine accepts any Trainer argument
+    m = run(make_cfg(*BLOBS, "trainer.engine=lightning", "+trainer.val_check_interval=0.5"))
+    assert np.asarray(m["accuracy_matrix"])[0, 0] > 0.5
