@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 METHODS = {  # label -> overrides on top of the preset (most important first: the script is restartable)
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/issue7")
     ap.add_argument("--out", default="benchmarks/desire_cifar10.md")
     ap.add_argument("--quick", action="store_true", help="1 epoch everywhere (smoke test of the script)")
+    ap.add_argument("--methods", nargs="*", default=None, help="only these labels (e.g. to re-time two methods)")
     args = ap.parse_args()
     extra = ["trainer.max_epochs=1", "pretrain.epochs=1"] if args.quick else []
     base = ["logger=none", "progress_bar=none", "plots=false", *extra]
@@ -57,7 +59,9 @@ def main() -> None:
     for variant, (preset, labels) in VARIANTS.items():
         pretrained = None
         for label in labels:
-            run_dir = Path(args.runs) / variant / label.split(",")[0].replace(" ", "_").replace("/", "")
+            if args.methods and label not in args.methods:
+                continue
+            run_dir = Path(args.runs) / variant / re.sub(r"[^A-Za-z0-9_+-]", "", label.split(",")[0].replace(" ", "_"))
             overrides = [f"experiment={preset}", *METHODS[label], f"run_dir={run_dir}", *base]
             if pretrained is not None:
                 overrides.append(f"pretrain.path={pretrained}")

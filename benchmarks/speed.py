@@ -129,6 +129,11 @@ def avalanche_run(data) -> list[list[float]]:
     return rows
 
 
+def paired_median(a: list[float], b: list[float]) -> float:
+    ratios = sorted(x / y for x, y in zip(a, b))
+    return ratios[len(ratios) // 2] if ratios else float("nan")
+
+
 def timed(fn, *args):
     t0 = time.perf_counter()
     out = fn(*args)
@@ -179,6 +184,9 @@ def main() -> None:
         "best_seconds": best,
         "all_seconds": times,
         "clframe_over_plain": best["clframe"] / best["plain"],
+        # the same ratio per round (both variants ran back to back), median over rounds: robust to noise
+        "clframe_over_plain_paired_median": paired_median(times["clframe"], times["plain"]),
+        "avalanche_over_clframe_paired_median": paired_median(times["avalanche"], times["clframe"]),
         "avalanche_over_clframe": best.get("avalanche", float("nan")) / best["clframe"],
         "final_accuracy": final,
         "clframe_help_seconds": help_s,
