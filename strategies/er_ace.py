@@ -6,28 +6,25 @@ import torch
 import torch.nn.functional as F
 
 from clframe.registry import register_strategy
-from clframe.strategy import MASK_VALUE, Strategy
-from strategies.buffers import OnlineMemory
+from clframe.strategy import MASK_VALUE
+from strategies.er import ER
 
 
 @register_strategy("er_ace")
-class ERACE(Strategy):
+class ERACE(ER):
     """Asymmetric cross-entropy: once earlier experiences exist, the incoming batch's loss sees only
     the logits of the classes *present in that batch* (new data does not push old classes down);
     the memory batch gets the usual cross-entropy over all seen classes. Online reservoir memory as
-    in ER; like Mammoth's ``er_ace``, no replay (and no masking) during the first experience."""
+    in ER (memory, loader and checkpoint state are ER's); like Mammoth's ``er_ace``, no replay (and
+    no masking) during the first experience."""
 
-    def __init__(self, *args, buffer_size: int = 200, minibatch_size: int | None = None, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.memory = OnlineMemory(buffer_size, minibatch_size or self.batch_size)
         self.replay_on = False
 
     def before_experience(self, exp):
         self.replay_on = bool(self.seen.any())  # was anything learned before this experience?
         super().before_experience(exp)
-
-    def train_dataloader_for(self, exp):
-        return self.memory.loader(exp, self.batch_size, self.seed)
 
     def training_loss(self, batch):
         y, allowed = batch["y"], self.class_mask(batch["task"])
@@ -42,9 +39,3 @@ class ERACE(Strategy):
             loss = loss + F.cross_entropy(self(self.memory.augment(mem["x"]), mem["task"]), mem["y"])
         self.memory.remember(batch)
         return loss
-
-    def state_for_checkpoint(self):
-        return {"memory": self.memory.state()}
-
-    def load_checkpoint_state(self, state):
-        self.memory.load(state["memory"])

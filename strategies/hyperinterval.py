@@ -28,7 +28,9 @@ class HyperInterval(Strategy):
     ``universal=True`` keeps each new centre inside the intersection of the earlier boxes (projection
     after every step), so all boxes share a region; ``inference="universal"`` then evaluates one
     network, generated once per experience from the centre of the intersection (no hypernetwork at test
-    time). ``rho`` adds the authors' soft pull of the new centre towards earlier ones."""
+    time). ``rho`` adds the authors' soft pull of the new centre towards earlier ones.
+    ``fan_in_init`` (our choice, not in the paper): the hypernetwork's output layer is initialised so that the
+    generated target network starts at He scale (see :meth:`scale_generated_weights`)."""
 
     def __init__(
         self,
@@ -45,6 +47,7 @@ class HyperInterval(Strategy):
         custom_init: bool = False,
         universal: bool = False,
         inference: str = "task",
+        fan_in_init: bool = True,
         **kwargs,
     ):
         kwargs.setdefault("optimizer", "adam")
@@ -66,6 +69,9 @@ class HyperInterval(Strategy):
         self.shapes = param_shapes(self.layers)
         self.n_weights = sum(math.prod(s) for layer in self.shapes for s in layer)
         self.hnet = mlp([embedding_dim, *hnet_hidden, self.n_weights])
+        self.embedding_dim = embedding_dim
+        if fan_in_init:
+            self.scale_generated_weights()
         self.centres, self.radii = nn.ParameterDict(), nn.ParameterDict()
         self.embedding_dim = embedding_dim
         self.register_buffer("universal_weights", torch.zeros(self.n_weights))
@@ -83,6 +89,24 @@ class HyperInterval(Strategy):
         """IBP through the hypernetwork: embedding boxes (T, d) -> weight boxes (T, n_weights)."""
         params = [[m.weight, m.bias] for m in self.hnet if isinstance(m, nn.Linear)]
         return ibp(list(self.hnet), lo, hi, params, params)
+
+    @torch.no_grad()
+    def scale_generated_weights(self) -> None:
+        """Rescale the hypernetwork's output layer so that, for a random embedding, each generated target
+        layer has He-scale weights (std sqrt(2 / fan-in)) — a hyperfan-in-style init. With PyTorch's default
+        init the generated weights have std ~0.5 whatever the fan-in: ~15x too large for a 784-input layer,
+        so logits and IBP bounds explode on MNIST."""
+        out = self.hnet[-1]
+        w = self.hnet(torch.randn(256, self.embedding_dim))
+        i = 0
+        for layer in self.shapes:
+            gain = math.sqrt(2.0 / math.prod(layer[0][1:]))
+            for shape in layer:
+                n = math.prod(shape)
+                factor = gain / max(float(w[:, i : i + n].std()), 1e-8)
+                out.weight[i : i + n] *= factor
+                out.bias[i : i + n] *= factor
+                i += n
 
     def unflatten(self, flat: Tensor) -> list[list[Tensor]]:
         return unflatten(flat, self.shapes)

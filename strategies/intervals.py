@@ -31,11 +31,16 @@ def interval_affine(
 ) -> Interval:
     """Bounds of ``op(x, W) + b`` (``op`` bilinear: linear / conv) for ``x``, ``W``, ``b`` in their boxes.
 
-    Exact per output for non-negative inputs (after a ReLU): ``lo W_lo^+ + hi W_lo^-`` and
+    Point weights (``w_lo is w_hi``): ``op(m, W) ± op(r, |W|)``, exact. Interval weights: exact per
+    output for non-negative inputs (after a ReLU): ``lo W_lo^+ + hi W_lo^-`` and
     ``hi W_hi^+ + lo W_hi^-``. Otherwise the midpoint-radius form, exact for point inputs or
     point weights and sound in general: ``op(m, Wm) ± (op(|m|, Wr) + op(r, |Wm|) + op(r, Wr))``.
     """
-    if bool((lo >= 0).all()):
+    if w_lo is w_hi:  # point weights (e.g. the hypernetwork's own): centre +- radius, two ops
+        m, r = (hi + lo) / 2, (hi - lo) / 2
+        centre, radius = op(m, w_lo), op(r, w_lo.abs())
+        out_lo, out_hi = centre - radius, centre + radius
+    elif bool((lo >= 0).all()):
         out_lo = op(lo, w_lo.clamp(min=0)) + op(hi, w_lo.clamp(max=0))
         out_hi = op(hi, w_hi.clamp(min=0)) + op(lo, w_hi.clamp(max=0))
     else:

@@ -90,6 +90,7 @@ def test_universal_embedding_lies_in_every_box(make_cfg):
         "strategy.inference=universal",
         "strategy.epsilon=5",
         "strategy.kappa_decay=5e-5",
+        "strategy.lr=0.01",
     )
     stream, strategy = build(cfg)
     exps = stream.learn_experiences[:3]
