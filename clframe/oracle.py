@@ -98,9 +98,10 @@ def train_oracle(
 
         run_pretraining(strategy, train_cfg.pretrain, stream, seed=int(cfg.seed), run_dir=Path(cache_dir or ".") / key)
     seen: list[torch.Tensor] = []
+    fit_cfg = OmegaConf.merge(train_cfg, {"progress_bar": cfg.get("progress_bar", "tqdm")})  # the run's bar setting
     for exp in exps:
         start_event(strategy, int(cfg.seed), exp)
-        learn_experience(train_cfg, strategy, exp, wrap_loader=lambda loader: RecordingLoader(loader, seen))
+        learn_experience(fit_cfg, strategy, exp, wrap_loader=lambda loader: RecordingLoader(loader, seen))
     strategy.cpu()
     trained = torch.cat(seen).unique() if seen else torch.zeros(0, dtype=torch.long)
     leaked = trained[torch.isin(trained, gone)]
