@@ -3,7 +3,8 @@
 Why a loop of our own: Lightning's ``Trainer`` costs ~1 ms of Python per optimiser step on
 these CPUs (hook dispatch, closures, profiler contexts; ``barebones=True`` does not remove
 it), i.e. 20–30 % of a small-MLP step. ``Fabric`` keeps what we need from Lightning —
-device choice, precision plugins, DDP — at no per-step cost. ``trainer.engine=lightning``
+device choice and precision plugins — at no per-step cost (one device per run for now: DDP
+would need ``fabric.launch()`` and rank-0-only result writing, not built yet). ``trainer.engine=lightning``
 runs the same experience through ``Trainer.fit`` instead (Lightning callbacks, profilers);
 a test checks that both engines give identical weights.
 
@@ -46,6 +47,15 @@ def trainer_options(cfg: DictConfig) -> dict[str, Any]:
                 raise ConfigError(
                     f"trainer.{key}", opts[key], sorted(FABRIC_KEYS), hint="or set trainer.engine=lightning"
                 )
+        devices = opts.get("devices", 1)
+        single = devices in (1, "1") or (isinstance(devices, list) and len(devices) == 1)
+        if not single or int(opts.get("num_nodes") or 1) > 1:
+            raise ConfigError(
+                "trainer.devices",
+                devices,
+                "1 (or one device id, e.g. [0])",
+                hint="the fabric engine trains on one device; multi-device (DDP) runs are not supported yet",
+            )
     opts["engine"] = engine
     return opts
 
