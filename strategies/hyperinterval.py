@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from clframe.errors import ConfigError
 from clframe.registry import register_strategy
 from clframe.strategy import MASK_VALUE, Strategy
+from strategies.hypernet import box_intersection, hnet_box, hyperfan_in_init, interval_loss
 from strategies.intervals import forward_point, ibp, leaf_layers, mlp, param_shapes, unflatten
 
 
@@ -30,7 +31,7 @@ class HyperInterval(Strategy):
     network, generated once per experience from the centre of the intersection (no hypernetwork at test
     time). ``rho`` adds the authors' soft pull of the new centre towards earlier ones.
     ``fan_in_init`` (our choice, not in the paper): the hypernetwork's output layer is initialised so that the
-    generated target network starts at He scale (see :meth:`scale_generated_weights`)."""
+    generated target network starts at He scale (``strategies.hypernet.hyperfan_in_init``)."""
 
     def __init__(
         self,
@@ -57,23 +58,16 @@ class HyperInterval(Strategy):
         if epsilon < 0:
             raise ConfigError("strategy.epsilon", epsilon, "a non-negative number")
         self.epsilon, self.kappa, self.kappa_decay, self.warmup, self.beta = epsilon, kappa, kappa_decay, warmup, beta
-        self.reg_bounds, self.rho, self.custom_init, self.universal, self.inference = (
-            reg_bounds,
-            rho,
-            custom_init,
-            universal,
-            inference,
-        )
+        self.reg_bounds, self.rho, self.custom_init, self.universal = reg_bounds, rho, custom_init, universal
+        self.inference, self.embedding_dim = inference, embedding_dim
         self.layers = [*leaf_layers(self.backbone), self.head]  # structure only: weights come from the hypernetwork
         self.requires_grad_(False)
         self.shapes = param_shapes(self.layers)
         self.n_weights = sum(math.prod(s) for layer in self.shapes for s in layer)
         self.hnet = mlp([embedding_dim, *hnet_hidden, self.n_weights])
-        self.embedding_dim = embedding_dim
         if fan_in_init:
-            self.scale_generated_weights()
+            hyperfan_in_init(self.hnet, self.shapes, embedding_dim)
         self.centres, self.radii = nn.ParameterDict(), nn.ParameterDict()
-        self.embedding_dim = embedding_dim
         self.register_buffer("universal_weights", torch.zeros(self.n_weights))
         self.register_buffer("universal_empty_dims", torch.zeros((), dtype=torch.long))
         self.current: str | None = None
@@ -86,27 +80,8 @@ class HyperInterval(Strategy):
         return c - r, c + r
 
     def weight_box(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-        """IBP through the hypernetwork: embedding boxes (T, d) -> weight boxes (T, n_weights)."""
-        params = [[m.weight, m.bias] for m in self.hnet if isinstance(m, nn.Linear)]
-        return ibp(list(self.hnet), lo, hi, params, params)
-
-    @torch.no_grad()
-    def scale_generated_weights(self) -> None:
-        """Rescale the hypernetwork's output layer so that, for a random embedding, each generated target
-        layer has He-scale weights (std sqrt(2 / fan-in)) — a hyperfan-in-style init. With PyTorch's default
-        init the generated weights have std ~0.5 whatever the fan-in: ~15x too large for a 784-input layer,
-        so logits and IBP bounds explode on MNIST."""
-        out = self.hnet[-1]
-        w = self.hnet(torch.randn(256, self.embedding_dim))
-        i = 0
-        for layer in self.shapes:
-            gain = math.sqrt(2.0 / math.prod(layer[0][1:]))
-            for shape in layer:
-                n = math.prod(shape)
-                factor = gain / max(float(w[:, i : i + n].std()), 1e-8)
-                out.weight[i : i + n] *= factor
-                out.bias[i : i + n] *= factor
-                i += n
+        """Embedding boxes (T, d) -> target-network weight boxes (T, n_weights)."""
+        return hnet_box(self.hnet, lo, hi)
 
     def unflatten(self, flat: Tensor) -> list[list[Tensor]]:
         return unflatten(flat, self.shapes)
@@ -114,14 +89,6 @@ class HyperInterval(Strategy):
     def target_bounds(self, x: Tensor, w_lo: Tensor, w_hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         lo, hi = ibp(self.layers, x, x, self.unflatten(w_lo), self.unflatten(w_hi))
         return lo, forward_point(self.layers, x, self.unflatten((w_lo + w_hi) / 2)), hi
-
-    def intersection(self) -> tuple[Tensor, Tensor]:
-        """Intersection of the learned embedding boxes; empty coordinates collapse to their midpoint."""
-        lo, hi = self.embedding_box(list(self.centres.keys()), self.epsilon)
-        lo, hi = lo.max(0).values, hi.min(0).values
-        mid = (lo + hi) / 2
-        empty = lo > hi
-        return torch.where(empty, mid, lo), torch.where(empty, mid, hi)
 
     # ---------------------------------------------------------------- training
     def schedule(self) -> tuple[float, float]:
@@ -136,10 +103,7 @@ class HyperInterval(Strategy):
         x, y, mask = batch["x"], batch["y"], ~self.class_mask(batch["task"])
         eps, kappa = self.schedule()
         w_lo, w_hi = self.weight_box(*self.embedding_box([self.current], eps))
-        z_lo, z_mid, z_hi = (z.masked_fill(mask, MASK_VALUE) for z in self.target_bounds(x, w_lo[0], w_hi[0]))
-        worst = torch.where(F.one_hot(y, self.n_classes).bool(), z_lo, z_hi).masked_fill(mask, MASK_VALUE)
-        fit = F.cross_entropy(z_mid, y) + F.cross_entropy(z_lo, y) + F.cross_entropy(z_hi, y)
-        loss = kappa * fit + (1 - kappa) * F.cross_entropy(worst, y)
+        loss = interval_loss(*self.target_bounds(x, w_lo[0], w_hi[0]), y, mask, kappa)
         prev = [k for k in self.centres.keys() if k != self.current]
         if prev and self.targets is not None:
             lo, hi = self.weight_box(*self.embedding_box(prev, self.epsilon))
@@ -169,12 +133,8 @@ class HyperInterval(Strategy):
         for p in (*self.centres.values(), *self.radii.values()):
             p.requires_grad_(False)  # earlier embeddings are fixed for good
         if self.current not in self.centres:
-            dev = self.universal_weights.device
-            c = (
-                self.centres[prev[-1]].detach().clone()
-                if (self.custom_init and prev)
-                else torch.randn(self.embedding_dim)
-            )
+            dev, start = self.universal_weights.device, self.custom_init and prev
+            c = self.centres[prev[-1]].detach().clone() if start else torch.randn(self.embedding_dim)
             self.centres[self.current] = nn.Parameter(c.to(dev))
             self.radii[self.current] = nn.Parameter(torch.rand(self.embedding_dim).to(dev))
         self.centres[self.current].requires_grad_(True)
@@ -188,9 +148,8 @@ class HyperInterval(Strategy):
 
     @torch.no_grad()
     def after_experience(self, exp):
-        lo, hi = self.intersection()
-        all_lo, all_hi = self.embedding_box(list(self.centres.keys()), self.epsilon)
-        self.universal_empty_dims.fill_(int((all_lo.max(0).values > all_hi.min(0).values).sum()))
+        lo, hi, n_empty = box_intersection(*self.embedding_box(list(self.centres.keys()), self.epsilon))
+        self.universal_empty_dims.fill_(n_empty)
         self.universal_weights.copy_(self.weight_box(((lo + hi) / 2)[None], ((lo + hi) / 2)[None])[0][0])
 
     # ---------------------------------------------------------------- inference
