@@ -147,10 +147,17 @@ def _fit_fabric(strategy, loader, opts, bar, logger, step_offset) -> int:
             if step >= total:
                 break
         strategy.on_train_epoch_end()
+    _keep_optimizer_state(strategy, optimizer)
     _finite(loss, strategy, step) if step else None
     progress(None, None)
     strategy.on_fit_end()
     return step
+
+
+def _keep_optimizer_state(strategy, optimizer) -> None:
+    """Remember the optimiser state for the next experience (``strategy.reset_optimizer=false``)."""
+    if not strategy.reset_optimizer:
+        strategy.optimizer_state = optimizer.state_dict()
 
 
 def _finite(loss: torch.Tensor, strategy, step: int) -> float:
@@ -217,4 +224,5 @@ def _fit_lightning(strategy, loader, opts, bar, logger) -> int:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*(does not have many workers|smaller than the logging interval|treespec).*")
         trainer.fit(strategy, train_dataloaders=loader)
+    _keep_optimizer_state(strategy, trainer.optimizers[0])
     return int(trainer.global_step)

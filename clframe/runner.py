@@ -158,6 +158,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         strategy.load_checkpoint_state(ckpt["extra"])
         strategy.load_state_dict(ckpt["model"])
+        strategy.optimizer_state = ckpt.get("optimizer")
         state = ckpt["runner"]
         if state.get("pretrain"):  # re-apply what weights do not carry (a frozen backbone)
             from clframe.pretrain import restore_pretraining
@@ -202,6 +203,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "extra": strategy.state_for_checkpoint(),
                 "runner": state,
                 "evaluators": {name: ev.state() for name, ev in evaluators.items()},
+                "optimizer": strategy.optimizer_state,  # None unless strategy.reset_optimizer=false
             }
             atomic_torch_save(checkpoint, ckpt_path)  # checkpoint first: a kill after this point loses nothing
             if cfg.get("keep_checkpoints"):

@@ -36,6 +36,9 @@ class Strategy(pl.LightningModule):
         setting: ``"class"``, ``"task"`` or ``"domain"`` (see :class:`~clframe.stream.Stream`).
         lr, optimizer, momentum, weight_decay: optimiser settings (new optimiser per experience).
         batch_size: training batch size.
+        reset_optimizer: a fresh optimiser for every experience (default). ``False`` carries the
+            optimiser state (Adam moments, momentum) from one experience to the next, as code that
+            builds one optimiser for the whole stream does (e.g. van de Ven et al.'s, by default).
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class Strategy(pl.LightningModule):
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         batch_size: int = 128,
+        reset_optimizer: bool = True,
     ):
         super().__init__()
         if lr <= 0:
@@ -62,6 +66,8 @@ class Strategy(pl.LightningModule):
         self.n_classes, self.setting = n_classes, setting
         self.lr, self.optimizer_name, self.momentum, self.weight_decay = lr, optimizer, momentum, weight_decay
         self.batch_size = batch_size
+        self.reset_optimizer = reset_optimizer
+        self.optimizer_state: dict[str, Any] | None = None  # kept between experiences if not reset_optimizer
         self.register_buffer("seen", torch.zeros(n_classes, dtype=torch.bool))
         # task id -> boolean mask over classes; a buffer so that it follows the device
         self.register_buffer("task_classes", torch.zeros(0, n_classes, dtype=torch.bool))
@@ -133,7 +139,15 @@ class Strategy(pl.LightningModule):
         kwargs: dict[str, Any] = {"lr": self.lr, "weight_decay": self.weight_decay}
         if self.optimizer_name == "sgd":
             kwargs["momentum"] = self.momentum
-        return OPTIMIZERS[self.optimizer_name](params, **kwargs)
+        optimizer = OPTIMIZERS[self.optimizer_name](params, **kwargs)
+        if not self.reset_optimizer and self.optimizer_state is not None:
+            try:
+                optimizer.load_state_dict(self.optimizer_state)
+            except ValueError as err:
+                raise ConfigError(
+                    "strategy.reset_optimizer", False, hint=f"{type(self).__name__} trains other parameters now ({err})"
+                ) from err
+        return optimizer
 
     # ------------------------------------------------------------------ hooks
     def before_experience(self, exp: Experience) -> None:

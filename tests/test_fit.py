@@ -23,6 +23,7 @@ def _weights(cfg):
         ["strategy=lwf", "trainer.gradient_clip_val=0.05", "trainer.accumulate_grad_batches=3"],
         ["strategy=naive", "trainer.limit_train_batches=0.5"],
         ["strategy=naive", "trainer.limit_train_batches=2"],
+        ["strategy=naive", "strategy.optimizer=adam", "+strategy.reset_optimizer=false"],
     ],
 )
 def test_fabric_and_lightning_engines_give_identical_weights(make_cfg, extra):
@@ -63,3 +64,22 @@ def test_fabric_engine_rejects_trainer_only_keys(make_cfg):
     # the Trainer engine accepts any Trainer argument
     m = run(make_cfg(*BLOBS, "trainer.engine=lightning", "+trainer.val_check_interval=0.5"))
     assert np.asarray(m["accuracy_matrix"])[0, 0] > 0.5
+
+
+def test_carried_optimizer_state_changes_training_and_resumes_exactly(make_cfg, monkeypatch):
+    """reset_optimizer=false: Adam's moments survive experience boundaries (so the result differs from a
+    fresh optimiser per experience), are checkpointed, and a killed run resumes to identical weights."""
+    from clframe.strategy import Strategy
+    from tests.conftest import crash_at
+
+    adam = (*BLOBS, "strategy=naive", "strategy.optimizer=adam", "strategy.lr=0.01")
+    fresh, carried = run(make_cfg(*adam)), make_cfg(*adam, "+strategy.reset_optimizer=false")
+    full = run(carried)
+    assert full["accuracy_matrix"] != fresh["accuracy_matrix"]
+    cfg = make_cfg(*adam, "+strategy.reset_optimizer=false")
+    ckpt = crash_at(monkeypatch, Strategy, 2, cfg)
+    assert ckpt["optimizer"]["state"], "the optimiser state is in the checkpoint"
+    resumed = run(make_cfg(f"resume={cfg.run_dir}"))
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+    a, b = _weights(carried), _weights(cfg)
+    assert all(torch.equal(a[k], b[k]) for k in a)
