@@ -70,11 +70,25 @@ def batches_per_epoch(n_batches: int, opts: dict[str, Any]) -> int:
     return min(n_batches, int(limit))
 
 
+def max_epochs(opts: dict[str, Any]) -> float:
+    """``max_epochs`` as Lightning reads it: ``-1`` means no limit (then ``max_steps`` must be set)."""
+    epochs = opts.get("max_epochs")
+    epochs = 1 if epochs is None else int(epochs)
+    if epochs < 0:
+        if int(opts.get("max_steps") or -1) <= 0:
+            raise ConfigError("trainer.max_epochs", epochs, "a positive number, or -1 with trainer.max_steps > 0")
+        return math.inf
+    return epochs
+
+
 def planned_steps(n_batches: int, opts: dict[str, Any]) -> int:
     """Optimiser steps one experience will take (``max_steps`` caps ``max_epochs`` epochs)."""
     per_epoch = math.ceil(batches_per_epoch(n_batches, opts) / int(opts.get("accumulate_grad_batches") or 1))
-    total = per_epoch * int(opts.get("max_epochs") or 1)
+    epochs = max_epochs(opts)
     max_steps = int(opts.get("max_steps") or -1)
+    if epochs == math.inf:
+        return max_steps if per_epoch else 0
+    total = per_epoch * int(epochs)
     return min(total, max_steps) if max_steps > 0 else total
 
 
@@ -119,9 +133,9 @@ def _fit_fabric(strategy, loader, opts, bar, logger, step_offset) -> int:
     strategy.on_fit_start()
     progress = _progress(bar, total, strategy)
     step = 0
-    for _epoch in range(int(opts.get("max_epochs") or 1)):
-        if step >= total:
-            break
+    epoch = 0
+    while epoch < max_epochs(opts) and step < total:
+        epoch += 1
         strategy.on_train_epoch_start()
         for i, batch in enumerate(loader):
             if i >= n_batches:

@@ -20,6 +20,7 @@ def _weights(cfg):
     [
         ["strategy=replay", "strategy.momentum=0.9"],
         ["strategy=ewc", "strategy.lam=10", "trainer.max_steps=7"],  # max_steps caps the epochs
+        ["strategy=naive", "trainer.max_epochs=-1", "trainer.max_steps=23"],  # -1: epochs until max_steps
         ["strategy=lwf", "trainer.gradient_clip_val=0.05", "trainer.accumulate_grad_batches=3"],
         ["strategy=naive", "trainer.limit_train_batches=0.5"],
         ["strategy=naive", "trainer.limit_train_batches=2"],
@@ -57,6 +58,8 @@ def test_fabric_engine_rejects_trainer_only_keys(make_cfg):
         ConfigError, match=r"^trainer\.val_check_interval=0\.5 is invalid; valid choices: .*engine=lightning"
     ):
         run(make_cfg(*BLOBS, "+trainer.val_check_interval=0.5"))
+    with pytest.raises(ConfigError, match=r"^trainer\.max_epochs=-1 is invalid.*max_steps"):
+        run(make_cfg(*BLOBS, "trainer.max_epochs=-1"))
     with pytest.raises(ConfigError, match=r"^trainer\.engine='keras'.*valid choices: fabric, lightning"):
         run(make_cfg(*BLOBS, "trainer.engine=keras"))
     with pytest.raises(ConfigError, match=r"^trainer\.devices=2 is invalid.*one device"):
