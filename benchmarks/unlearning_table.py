@@ -153,6 +153,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     import torch
 
+    from clframe.io import atomic_write_text
+
     torch.set_num_threads(args.threads)
     from clframe.config import compose
     from clframe.plots_unlearning import plot_curves, plot_oracle_bars
@@ -181,8 +183,13 @@ def main(argv=None) -> None:
         print(f"{args.dataset} {req}: learned in {time.perf_counter() - t0:.0f}s", flush=True)
         rows, curves, oracle, original = {}, {}, None, None
         for method in args.methods:
+            done = out / "runs" / f"{args.dataset}_{req}_{method}.json"  # a rerun skips finished methods
             t0 = time.perf_counter()
-            e = unlearn_copy(compose([*overrides, f"unlearning={method}"]), stream, learned, evaluator, exp)
+            if done.is_file():
+                e = json.loads(done.read_text())
+            else:
+                e = unlearn_copy(compose([*overrides, f"unlearning={method}"]), stream, learned, evaluator, exp)
+                atomic_write_text(done, json.dumps(e))
             rows[method], curves[method] = row(e, "unlearn"), e.get("unlearn/curve", [])
             oracle, original = row(e, "oracle"), row(e, "original")
             print(f"{args.dataset} {req} {method}: {time.perf_counter() - t0:.0f}s", rows[method], flush=True)
@@ -191,8 +198,9 @@ def main(argv=None) -> None:
         report.append(f"### request: {req}\n\n{table(rows)}\n")
         plot_oracle_bars(dict(rows), out / f"{args.dataset}_{req}_bars.png")
         plot_curves(curves, out / f"{args.dataset}_{req}_curves.png", oracle, f"{args.dataset}: {req}")
-    (out / f"{args.dataset}.md").write_text("\n".join(report))
-    (out / f"{args.dataset}.json").write_text(json.dumps(dump, indent=1))
+        name = args.dataset if set(args.requests) == set(REQUESTS) else f"{args.dataset}_{'_'.join(args.requests)}"
+        atomic_write_text(out / f"{name}.md", "\n".join(report))  # after every request: nothing is lost
+        atomic_write_text(out / f"{name}.json", json.dumps(dump, indent=1))
     print("\n".join(report))
 
 
