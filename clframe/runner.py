@@ -74,6 +74,8 @@ def learn_experience(cfg: DictConfig, strategy, exp, logger=None, wrap_loader=No
         if wrap_loader is not None:
             loader = wrap_loader(loader)
         steps = fit(strategy, loader, cfg, logger, step_offset)
+    else:  # gradient-free updates (class means...) run where evaluation runs
+        strategy.to(eval_device(cfg))
     strategy.after_experience(exp)
     return steps
 

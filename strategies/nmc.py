@@ -78,8 +78,6 @@ class NMC(Strategy):
         return None  # no gradient steps
 
     def after_experience(self, exp) -> None:
-        if torch.cuda.is_available():
-            self.cuda()
-        self.eval()
+        self.eval()  # on the device the runner chose (trainer.accelerator), like evaluation
         for i in range(0, len(exp.train), 1024):  # one feature-extraction pass (no augmentation)
             self.observe(exp.train.x[i : i + 1024], exp.train.y[i : i + 1024])
