@@ -22,8 +22,8 @@ def hnet_box(hnet: nn.Sequential, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tenso
 def hyperfan_in_init(hnet: nn.Sequential, shapes: list[list[tuple[int, ...]]], embedding_dim: int) -> None:
     """Rescale the output layer so that, for random embeddings, each generated target layer has He-scale
     weights (std sqrt(2 / fan-in)), in the spirit of hyperfan-in init (Chang et al. 2020). PyTorch's
-    default init gives std ~0.5 whatever the fan-in: ~15x too large for a 784-input layer, so logits and
-    IBP bounds explode on MNIST."""
+    default init gives std ~0.1-0.2 whatever the fan-in (2-4x He scale for a 784-input layer); with it the
+    first Split-MNIST task did not learn in 100 steps (chance), with this init it does."""
     out, w, i = hnet[-1], hnet(torch.randn(256, embedding_dim)), 0
     for layer in shapes:
         gain = math.sqrt(2.0 / math.prod(layer[0][1:]))
