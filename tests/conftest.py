@@ -38,22 +38,23 @@ def make_cfg(tmp_path):
 BLOBS = ("scenario=split_blobs", "backbone.hidden=[32]", "trainer.max_epochs=3", "strategy.batch_size=32")
 
 
-def crash_at(monkeypatch, strategy_cls, exp_id: int, cfg) -> dict:
-    """Run ``cfg`` but crash (KeyboardInterrupt) when experience ``exp_id`` starts; return the
-    checkpoint left behind, so a test can inspect it and then resume with ``resume=<run_dir>``."""
+def crash_at(monkeypatch, strategy_cls, exp_id: int, cfg, method: str = "before_experience") -> dict:
+    """Run ``cfg`` but crash (KeyboardInterrupt) when ``strategy_cls.<method>`` is called for experience
+    ``exp_id`` (``"unlearn"`` for a forget request); return the checkpoint left behind, so a test can
+    inspect it and then resume with ``resume=<run_dir>``."""
     import torch
 
     from clframe.runner import run
 
-    original = strategy_cls.before_experience
+    original = getattr(strategy_cls, method)
 
     def crash(self, exp):
         if exp.id == exp_id:
             raise KeyboardInterrupt
         original(self, exp)
 
-    monkeypatch.setattr(strategy_cls, "before_experience", crash)
+    monkeypatch.setattr(strategy_cls, method, crash)
     with pytest.raises(KeyboardInterrupt):
         run(cfg)
-    monkeypatch.setattr(strategy_cls, "before_experience", original)
+    monkeypatch.setattr(strategy_cls, method, original)
     return torch.load(f"{cfg.run_dir}/checkpoints/last.pt", weights_only=True)

@@ -229,6 +229,7 @@ def test_killed_unlearning_run_resumes_to_identical_evaluations(make_cfg, monkey
     """Killed at the second forget request: the resumed run restores the evaluator's snapshot of the
     pre-unlearning model from the checkpoint and ends with exactly the uninterrupted run's numbers."""
     from clframe.strategy import Strategy
+    from tests.conftest import crash_at
 
     overrides = (
         *UNL,
@@ -241,18 +242,7 @@ def test_killed_unlearning_run_resumes_to_identical_evaluations(make_cfg, monkey
         FAST_EVAL,
     )
     cfg = make_cfg(*overrides)
-    original = Strategy.unlearn
-
-    def crash(self, exp):
-        if exp.id == 4:
-            raise KeyboardInterrupt
-        original(self, exp)
-
-    monkeypatch.setattr(Strategy, "unlearn", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg)
-    monkeypatch.setattr(Strategy, "unlearn", original)
-    ckpt = torch.load(f"{cfg.run_dir}/checkpoints/last.pt", weights_only=True)
+    ckpt = crash_at(monkeypatch, Strategy, 4, cfg, method="unlearn")
     assert ckpt["runner"]["next"] == 4 and ckpt["evaluators"]["unlearning"]["snapshot"] is not None
     resumed = run(make_cfg(f"resume={cfg.run_dir}"))
     full = run(make_cfg(*overrides))
