@@ -132,6 +132,10 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
     x = torch.as_tensor(x, dtype=torch.float64).flatten(1)
     y = torch.as_tensor(y, dtype=torch.float64).flatten(1)
     x, y = x - x.mean(0), y - y.mean(0)
-    num = (y.T @ x).pow(2).sum()
-    den = (x.T @ x).norm() * (y.T @ y).norm()
+    if x.shape[1] + y.shape[1] > 2 * len(x):  # wide (conv) activations: the same sums via n x n Gram matrices,
+        kx, ky = x @ x.T, y @ y.T  # not d x d products (300 samples x 32k features: 9 GB each)
+        num, den = (kx * ky).sum(), kx.norm() * ky.norm()
+    else:
+        num = (y.T @ x).pow(2).sum()
+        den = (x.T @ x).norm() * (y.T @ y).norm()
     return float(num / den) if den > 0 else float("nan")

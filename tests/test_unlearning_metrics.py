@@ -112,3 +112,15 @@ def test_mmd_zero_for_same_and_positive_for_shifted():
     x = torch.randn(64, 8, generator=g)
     assert float(gaussian_mmd(x, x)) == pytest.approx(0.0, abs=1e-6)
     assert float(gaussian_mmd(x, x + 3)) > 0.5
+
+
+def test_linear_cka_wide_activations_use_gram_matrices():
+    """Conv activations are much wider than the sample count: the n x n Gram form must give the
+    feature-space value (x.T @ x would be d x d)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 500, generator=gen)
+    y = x @ torch.randn(500, 300, generator=gen) + torch.randn(20, 300, generator=gen)
+    xc, yc = (x - x.mean(0)).double(), (y - y.mean(0)).double()
+    feature_space = (yc.T @ xc).pow(2).sum() / ((xc.T @ xc).norm() * (yc.T @ yc).norm())
+    assert M.linear_cka(x, y) == pytest.approx(float(feature_space), rel=1e-9)
+    assert 0.0 < M.linear_cka(x, y) < 1.0
