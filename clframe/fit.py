@@ -23,9 +23,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from clframe.errors import ConfigError, NonFiniteLossError
-
-log = logging.getLogger("clframe")
+from clframe.errors import ConfigError
 
 ENGINES = ["fabric", "lightning"]
 # trainer.* keys the Fabric engine understands (the Lightning engine passes all keys to Trainer)
@@ -132,9 +130,8 @@ def _fit_fabric(strategy, loader, opts, bar, logger, step_offset) -> int:
     strategy.train()
     strategy.on_fit_start()
     progress = _progress(bar, total, strategy)
-    step = 0
-    epoch = 0
-    while epoch < max_epochs(opts) and step < total:
+    step, epoch, epochs = 0, 0, max_epochs(opts)
+    while epoch < epochs and step < total:
         epoch += 1
         strategy.on_train_epoch_start()
         for i, batch in enumerate(loader):
@@ -154,7 +151,7 @@ def _fit_fabric(strategy, loader, opts, bar, logger, step_offset) -> int:
             step += 1
             strategy.step_in_experience = step
             if every and (step % every == 0 or step == total):
-                value = _finite(loss, strategy, step)
+                value = strategy.finite_loss(loss, step)  # checked at log points: no per-step sync
                 progress(step, value)
                 if logger is not None:
                     logger.log_metrics({"train/loss": value}, step=step_offset + step)
@@ -162,7 +159,8 @@ def _fit_fabric(strategy, loader, opts, bar, logger, step_offset) -> int:
                 break
         strategy.on_train_epoch_end()
     _keep_optimizer_state(strategy, optimizer)
-    _finite(loss, strategy, step) if step else None
+    if step:
+        strategy.finite_loss(loss, step)
     progress(None, None)
     strategy.on_fit_end()
     return step
@@ -172,15 +170,6 @@ def _keep_optimizer_state(strategy, optimizer) -> None:
     """Remember the optimiser state for the next experience (``strategy.reset_optimizer=false``)."""
     if not strategy.reset_optimizer:
         strategy.optimizer_state = optimizer.state_dict()
-
-
-def _finite(loss: torch.Tensor, strategy, step: int) -> float:
-    """The loss as a float; a non-finite loss stops the run (checked at log points: no per-step sync)."""
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        exp = strategy.experience.id if strategy.experience is not None else -1
-        raise NonFiniteLossError(exp, step, value)
-    return value
 
 
 def _progress(bar: str, total: int, strategy):

@@ -13,6 +13,7 @@ and the standard supervised loss. A method overrides only what it changes:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -110,15 +111,22 @@ class Strategy(pl.LightningModule):
         trainer = self._trainer
         if trainer is not None:
             self.step_in_experience = trainer.global_step
-            self.steps_per_experience = max(1, int(trainer.estimated_stepping_batches))
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    self.experience.id if self.experience else -1, trainer.global_step, loss.item()
-                )
+            self.finite_loss(loss, trainer.global_step)
             every = trainer.log_every_n_steps
             if every and batch_idx % every == 0:  # self.log costs ~10% of a small step: not every step
                 self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(batch["y"]))
         return loss
+
+    def on_train_start(self) -> None:
+        """Lightning engine only (the Fabric loop sets this itself): the planned steps, once per fit."""
+        self.steps_per_experience = max(1, int(self.trainer.estimated_stepping_batches))
+
+    def finite_loss(self, loss: Tensor, step: int) -> float:
+        """``loss`` as a float; a non-finite loss raises :class:`NonFiniteLossError` (the run stops, results kept)."""
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(self.experience.id if self.experience is not None else -1, step, value)
+        return value
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Move a (nested) dict batch to ``device``; a no-op when it is already there (CPU runs)."""
