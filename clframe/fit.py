@@ -1,8 +1,8 @@
 """The training loop of one experience, on Lightning Fabric (default) or the Lightning Trainer.
 
-Why a loop of our own: Lightning's ``Trainer`` costs ~1 ms of Python per optimiser step on
-these CPUs (hook dispatch, closures, profiler contexts; ``barebones=True`` does not remove
-it), i.e. 20–30 % of a small-MLP step. ``Fabric`` keeps what we need from Lightning —
+Why a loop of our own: Lightning's ``Trainer`` adds ~1.5 ms of Python per optimiser step on
+these CPUs (hook dispatch, closures, profiler contexts), i.e. ~30 % of a small-MLP step
+(``python benchmarks/engine_overhead.py``). ``Fabric`` keeps what we need from Lightning —
 device choice and precision plugins — at no per-step cost (one device per run for now: DDP
 would need ``fabric.launch()`` and rank-0-only result writing, not built yet). ``trainer.engine=lightning``
 runs the same experience through ``Trainer.fit`` instead (Lightning callbacks, profilers);
