@@ -133,12 +133,13 @@ def unlearn_copy(cfg, stream, learned, evaluator, exp) -> dict:
     import copy
 
     from clframe.runner import build_strategy, eval_device, start_event
+    from clframe.stores import answer_forget_request
 
     model = build_strategy(cfg, stream)  # carries cfg.unlearning
-    model.load_checkpoint_state(learned.state_for_checkpoint())
+    model.restore_checkpoint_state(learned.checkpoint_state())
     model.load_state_dict(learned.state_dict())
     start_event(model, int(cfg.seed), exp)
-    model.unlearn(exp)
+    answer_forget_request(model, exp, stream.forgotten_until(exp.id))
     return copy.copy(evaluator).after_event(model, stream, exp, eval_device(cfg))
 
 

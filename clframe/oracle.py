@@ -20,21 +20,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from clframe.io import atomic_torch_save
+from clframe.stores import WatchedLoader
 from clframe.stream import Experience, Stream
 
 log = logging.getLogger("clframe")
 NOT_PART_OF_TRAINING = ("run_dir", "resume", "logger", "progress_bar", "plots", "evaluators", "unlearning", "hydra")
 
 
-def forgotten_until(stream: Stream, position: int) -> torch.Tensor:
-    """Sorted unique ids of all samples forgotten by forget events at positions <= ``position``."""
-    parts = [e.forget.ids for e in stream.experiences[: position + 1] if e.kind == "forget" and e.forget is not None]
-    return torch.cat(parts).unique() if parts else torch.zeros(0, dtype=torch.long)
-
-
 def oracle_experiences(stream: Stream, position: int) -> list[Experience]:
     """The learn experiences before ``position`` without any sample forgotten up to ``position``."""
-    gone = forgotten_until(stream, position)
+    gone = stream.forgotten_until(position)
     out = []
     for e in stream.experiences[:position]:
         if e.kind == "learn":
@@ -57,23 +52,6 @@ def oracle_key(cfg: DictConfig, exps: list[Experience], forgotten: torch.Tensor)
     return h.hexdigest()[:20]
 
 
-class RecordingLoader:
-    """Wraps a training loader and records the ids of every sample in its batches (and replayed ones)."""
-
-    def __init__(self, loader, seen: list[torch.Tensor]):
-        self.loader, self.seen = loader, seen
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for batch in self.loader:
-            self.seen.append(batch["ids"].detach().cpu())
-            if "replay" in batch and "ids" in batch["replay"]:
-                self.seen.append(batch["replay"]["ids"].detach().cpu())
-            yield batch
-
-
 def train_oracle(
     cfg: DictConfig, stream: Stream, position: int, *, cache_dir: str | Path | None = None
 ) -> tuple[Any, dict]:
@@ -84,13 +62,13 @@ def train_oracle(
 
     train_cfg = training_config(cfg)
     exps = oracle_experiences(stream, position)
-    gone = forgotten_until(stream, position)
+    gone = stream.forgotten_until(position)
     key = oracle_key(cfg, exps, gone)
     strategy = build_strategy(train_cfg, stream)
     path = Path(cache_dir) / f"oracle_{key}.pt" if cache_dir else None
     if path is not None and path.is_file():
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        strategy.load_checkpoint_state(ckpt["extra"])
+        strategy.restore_checkpoint_state(ckpt["extra"])
         strategy.load_state_dict(ckpt["model"])
         return strategy, {"key": key, "cached": True, "trained_ids": ckpt["trained_ids"], "forgotten": gone}
     if train_cfg.get("pretrain"):
@@ -101,7 +79,7 @@ def train_oracle(
     fit_cfg = OmegaConf.merge(train_cfg, {"progress_bar": cfg.get("progress_bar", "tqdm")})  # the run's bar setting
     for exp in exps:
         start_event(strategy, int(cfg.seed), exp)
-        learn_experience(fit_cfg, strategy, exp, wrap_loader=lambda loader: RecordingLoader(loader, seen))
+        learn_experience(fit_cfg, strategy, exp, wrap_loader=lambda loader: WatchedLoader(loader, gone, seen))
     strategy.cpu()
     trained = torch.cat(seen).unique() if seen else torch.zeros(0, dtype=torch.long)
     leaked = trained[torch.isin(trained, gone)]
@@ -111,7 +89,7 @@ def train_oracle(
         atomic_torch_save(
             {
                 "model": strategy.state_dict(),
-                "extra": strategy.state_for_checkpoint(),
+                "extra": strategy.checkpoint_state(),
                 "trained_ids": trained,
                 "key": key,
             },

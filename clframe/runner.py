@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from clframe.errors import ConfigError, NonFiniteLossError
 from clframe.io import atomic_torch_save, atomic_write_text, write_json
 from clframe.registry import BACKBONES, EVALUATORS, SCENARIOS, STRATEGIES, UNLEARNERS
+from clframe.stores import WatchedLoader, answer_forget_request
+from clframe.strategy import check_capabilities
 from clframe.stream import Stream, TensorData
 
 log = logging.getLogger("clframe")
@@ -34,9 +36,12 @@ def seed_all(seed: int) -> None:
 
 
 def build(cfg: DictConfig) -> tuple[Stream, Any]:
-    """Build the stream and the strategy (with its backbone) described by ``cfg``."""
+    """Build the stream and the strategy (with its backbone) described by ``cfg``; refuse a combination the
+    strategy does not support (:func:`~clframe.strategy.check_capabilities`) before anything is written."""
     stream = SCENARIOS.build(cfg.scenario, seed=int(cfg.seed))
-    return stream, build_strategy(cfg, stream)
+    strategy = build_strategy(cfg, stream)
+    check_capabilities(strategy, stream, (cfg.get("unlearning") or {}).get("name"))
+    return stream, strategy
 
 
 def build_strategy(cfg: DictConfig, stream: Stream):
@@ -55,10 +60,13 @@ def start_event(strategy, seed: int, exp) -> None:
     strategy.seed = seed * 1000 + exp.id
 
 
-def learn_experience(cfg: DictConfig, strategy, exp, logger=None, wrap_loader=None, step_offset: int = 0) -> int:
+def learn_experience(
+    cfg: DictConfig, strategy, exp, logger=None, wrap_loader=None, step_offset: int = 0, forgotten=None
+) -> int:
     """Train on one learn experience: ``before_experience``, :func:`clframe.fit.fit`, ``after_experience``.
 
-    ``wrap_loader`` (optional) wraps the strategy's loader, e.g. to record the sample ids seen.
+    ``wrap_loader`` (optional) wraps the strategy's loader, e.g. to record the sample ids seen;
+    ``forgotten`` (ids forgotten so far) makes any batch that carries one of them stop the run.
     An experience whose training data were all forgotten only updates the class bookkeeping.
     Returns the number of optimiser steps taken."""
     from clframe.fit import fit
@@ -71,6 +79,8 @@ def learn_experience(cfg: DictConfig, strategy, exp, logger=None, wrap_loader=No
     steps = 0
     loader = strategy.train_dataloader_for(exp)
     if loader is not None:  # None: the strategy takes no gradient steps (e.g. NMC)
+        if forgotten is not None and len(forgotten):
+            loader = WatchedLoader(loader, forbidden=forgotten)
         if wrap_loader is not None:
             loader = wrap_loader(loader)
         steps = fit(strategy, loader, cfg, logger, step_offset)
@@ -100,6 +110,13 @@ def predict(strategy, data: TensorData, device: torch.device, batch_size: int = 
 
 def accuracy(strategy, data: TensorData, device: torch.device) -> float:
     return float((predict(strategy, data, device).argmax(1) == data.y).float().mean())
+
+
+def class_counts(strategy, data: TensorData, device: torch.device) -> list[list[int]]:
+    """``[correct per class, samples per class]`` of ``strategy`` on ``data`` (for class-restricted accuracies)."""
+    right = predict(strategy, data, device).argmax(1) == data.y
+    n = strategy.n_classes
+    return [torch.bincount(data.y[right], minlength=n).tolist(), torch.bincount(data.y, minlength=n).tolist()]
 
 
 def make_logger(cfg: DictConfig, run_dir: Path):
@@ -154,11 +171,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "evaluations": [],
         "pretrain": None,
         "steps": 0,
+        "counts": [],  # per event, per test column: [correct per class, samples per class]
+        "random_init_counts": None,
+        "forget_requests": [],
     }
     ckpt_path = run_dir / CHECKPOINT
     if cfg.get("resume") and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        strategy.load_checkpoint_state(ckpt["extra"])
+        strategy.restore_checkpoint_state(ckpt["extra"])
         strategy.load_state_dict(ckpt["model"])
         strategy.optimizer_state = ckpt.get("optimizer")
         state = ckpt["runner"]
@@ -176,7 +196,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             from clframe.pretrain import run_pretraining
 
             state["pretrain"] = run_pretraining(strategy, cfg.pretrain, stream, seed=seed, run_dir=run_dir)
-        state["random_init"] = [accuracy(strategy, d, device) for d in tests]
+        state["random_init_counts"] = [class_counts(strategy, d, device) for d in tests]
+        state["random_init"] = [_acc(c) for c in state["random_init_counts"]]
 
     logger = make_logger(cfg, run_dir)
     result: dict[str, Any] = {}
@@ -185,13 +206,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         for exp in stream.experiences[state["next"] :]:
             t0 = time.perf_counter()
             start_event(strategy, seed, exp)
+            forgotten = stream.forgotten_until(exp.id)
             if exp.kind == "learn":
                 state["steps"] = state.get("steps", 0) + learn_experience(
-                    cfg, strategy, exp, logger, step_offset=state.get("steps", 0)
+                    cfg, strategy, exp, logger, step_offset=state.get("steps", 0), forgotten=forgotten
                 )
             else:
-                strategy.unlearn(exp)
-            row = [accuracy(strategy, d, device) for d in tests]
+                report = answer_forget_request(strategy, exp, forgotten)
+                state["forget_requests"].append(
+                    {"id": exp.id, "name": exp.name, "removed_classes": exp.removed_classes, **report}
+                )
+            counts = [class_counts(strategy, d, device) for d in tests]
+            row = [_acc(c) for c in counts]
+            state["counts"].append(counts)
             state["rows"].append(row)
             state["evaluations"].append(
                 {name: ev.after_event(strategy, stream, exp, device) for name, ev in evaluators.items()}
@@ -202,7 +229,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             strategy.cpu()
             checkpoint = {
                 "model": strategy.state_dict(),
-                "extra": strategy.state_for_checkpoint(),
+                "extra": strategy.checkpoint_state(),
                 "runner": state,
                 "evaluators": {name: ev.state() for name, ev in evaluators.items()},
                 "optimizer": strategy.optimizer_state,  # None unless strategy.reset_optimizer=false
@@ -237,23 +264,56 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def _learn_rows(state: dict[str, Any]) -> np.ndarray:
-    rows = [r for r, ev in zip(state["rows"], state["row_events"]) if ev["kind"] == "learn"]
-    return np.asarray(rows, dtype=float)
+def _acc(counts: list[list[int]]) -> float:
+    correct, total = counts
+    return sum(correct) / max(1, sum(total))
+
+
+def stage_rows(state: dict[str, Any], stream: Stream) -> tuple[list[int], list[list[int]]]:
+    """Which evaluation rows make the accuracy matrix, and the classes removed at each.
+
+    Row ``i`` of the matrix is the evaluation after learn experience ``i`` *and* the forget requests that
+    follow it (before the next learn experience): the model at the end of that stage. ``removed[i]`` are
+    the classes deliberately forgotten by then (``Experience.removed_classes``)."""
+    events = {e.id: e for e in stream.experiences}
+    picks: list[int] = []
+    removed: list[list[int]] = []
+    gone: list[int] = []
+    for k, ev in enumerate(state["row_events"]):
+        if ev["kind"] == "learn":
+            picks.append(k)
+            removed.append(list(gone))
+        elif picks:  # a forget request: the stage's row moves to after it
+            gone = list(events[ev["id"]].removed_classes)
+            picks[-1], removed[-1] = k, list(gone)
+    return picks, removed
+
+
+def _none_for_nan(obj: Any) -> Any:
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, list):
+        return [_none_for_nan(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _none_for_nan(v) for k, v in obj.items()}
+    return obj
 
 
 def _write_results(run_dir: Path, cfg, stream: Stream, state, status: str, error) -> dict[str, Any]:
-    R = _learn_rows(state)
-    curves: dict[str, list[float]] = {}
-    summary: dict[str, float] = {}
-    if len(R):
-        from metrics.cl import average_accuracy, cl_summary, forgetting
+    from metrics.cl import cl_summary, curves, retained_matrix, undefined_metrics
 
-        summary = cl_summary(R, state["random_init"])
-        curves = {
-            "cl/avg_acc": [average_accuracy(R, t) for t in range(len(R))],
-            "cl/forgetting": [forgetting(R, t) for t in range(len(R))],
-        }
+    picks, removed = stage_rows(state, stream)
+    R = R_all = np.zeros((0, len(stream.learn_experiences)))
+    summary: dict[str, float | None] = {}
+    curve: dict[str, list[float]] = {}
+    if picks:
+        counts = np.asarray([state["counts"][k] for k in picks], dtype=float)  # (rows, columns, 2, classes)
+        correct, total = counts[:, :, 0], counts[:, :, 1]
+        R, R_all = retained_matrix(correct, total, removed[-1]), retained_matrix(correct, total)
+        init = np.asarray(state["random_init_counts"], dtype=float)[None]
+        random_init = retained_matrix(init[:, :, 0], init[:, :, 1], removed[-1])[0]
+        summary = cl_summary(R, random_init, setting=stream.setting)
+        curve = curves(correct, total, removed)
     result = {
         "status": status,
         "error": error,
@@ -266,17 +326,22 @@ def _write_results(run_dir: Path, cfg, stream: Stream, state, status: str, error
             for e in stream.experiences
         ],
         "accuracy_matrix": R.tolist(),
+        "accuracy_matrix_all_classes": R_all.tolist(),
+        "removed_classes": removed[-1] if removed else [],
         "rows": state["rows"],
         "row_events": state["row_events"],
         "random_init_acc": state["random_init"],
         "evaluations": state["evaluations"],
         "pretrain": state["pretrain"],
         "metrics": summary,
-        "curves": curves,
+        "undefined_metrics": undefined_metrics(stream.setting),
+        "forget_requests": state.get("forget_requests", []),
+        "curves": curve,
         "seconds_per_experience": state["timing"],
         "optimizer_steps": state.get("steps", 0),
         "run_dir": str(run_dir),
     }
+    result = _none_for_nan(result)
     write_json(run_dir / "metrics.json", result)
     if len(R):
         header = ",".join(f"exp_{j}" for j in range(R.shape[1]))

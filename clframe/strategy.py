@@ -7,13 +7,20 @@ and the standard supervised loss. A method overrides only what it changes:
 - :meth:`training_loss` — the per-step loss (EWC adds a penalty, LwF distillation);
 - :meth:`before_experience` / :meth:`after_experience` — snapshot, Fisher, buffers...;
 - :meth:`train_dataloader_for` — replay methods mix their buffer into the batches;
-- :meth:`unlearn` — answer a forget request;
+- :meth:`unlearn` — answer a forget request (``forget_exactly`` for methods that can, else the unlearner);
 - :meth:`state_for_checkpoint` / :meth:`load_checkpoint_state` — state beyond ``state_dict()``.
+
+Contracts (docs/architecture.md): sample stores are declared with :meth:`register_store` (checkpointed
+and purged by the base class / runner), :meth:`log_likelihood` is the one per-sample likelihood every
+unlearning method uses, :meth:`frozen_copy` is the reference model, and :attr:`capabilities` says which
+settings and forget requests a method supports (checked before a run writes anything).
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,14 +29,35 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clframe.errors import ConfigError, NonFiniteLossError
-from clframe.stream import Experience, TensorLoader
+from clframe.stream import Experience, Stream, TensorLoader
 
 MASK_VALUE = -1e4  # logit of a class that is not allowed; finite so fp16 and KL stay well-defined
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+SETTINGS = ("class", "task", "domain")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a strategy supports; checked against the stream and config before a run writes anything.
+
+    Attributes:
+        settings: the stream settings it can run in (``class``, ``task``, ``domain``).
+        needs_task_id: it picks task-specific parameters by the task id at test time (task-IL only).
+        gradient_unlearning: forget requests can be answered by a gradient unlearner (``unlearning=<name>``);
+            ``False`` for methods with nothing to train (e.g. a frozen backbone with class means).
+    """
+
+    settings: tuple[str, ...] = SETTINGS
+    needs_task_id: bool = False
+    gradient_unlearning: bool = True
 
 
 class Strategy(pl.LightningModule):
     """Backbone + growing head + hooks. Subclass and override 1–3 hooks.
+
+    Class attributes a method may set: :attr:`capabilities` (:class:`Capabilities`) and
+    :attr:`derived_state` (``{state: policy}``: what happens on a forget request to state that was
+    computed from training data but holds no samples, e.g. EWC's Fisher; written to ``metrics.json``).
 
     Args:
         backbone: a module with ``forward_features`` and ``num_features``.
@@ -41,6 +69,9 @@ class Strategy(pl.LightningModule):
             optimiser state (Adam moments, momentum) from one experience to the next, as code that
             builds one optimiser for the whole stream does (e.g. van de Ven et al.'s, by default).
     """
+
+    capabilities = Capabilities()
+    derived_state: dict[str, str] = {}
 
     def __init__(
         self,
@@ -77,6 +108,22 @@ class Strategy(pl.LightningModule):
         # set by the training loop: optimiser steps taken / planned in the current experience (schedules)
         self.step_in_experience, self.steps_per_experience = 0, 1
         self.unlearner = None  # set by the runner from cfg.unlearning; answers forget requests
+        self._stores: dict[str, Any] = {}  # name -> SampleStore (clframe.stores)
+
+    # ------------------------------------------------------------------ sample stores
+    def register_store(self, name: str, store: Any) -> Any:
+        """Declare a sample store (anything holding training samples or per-sample targets; see
+        :class:`clframe.stores.SampleStore`). The base class checkpoints it and the runner purges it
+        after every forget request. Returns ``store``, so ``self.memory = self.register_store("memory", ...)``."""
+        for method in ("ids", "forget", "state", "load"):
+            if not callable(getattr(store, method, None)):
+                raise TypeError(f"store {name!r} ({type(store).__name__}) has no {method}(); see clframe.stores")
+        self._stores[name] = store
+        return store
+
+    def sample_stores(self) -> dict[str, Any]:
+        """The declared sample stores, by name."""
+        return dict(self._stores)
 
     # ------------------------------------------------------------------ model
     def features(self, x: Tensor) -> Tensor:
@@ -98,6 +145,23 @@ class Strategy(pl.LightningModule):
     def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
         """Logits with disallowed classes set to ``MASK_VALUE``."""
         return self.logits(x).masked_fill(~self.class_mask(task), MASK_VALUE)
+
+    def log_likelihood(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per-sample ``log p(y | x)`` of the model's own prediction (``forward``, masks included):
+        the one likelihood every unlearning method (GA, GradDiff, NPO, SimNPO, ...) is written against."""
+        return self(batch["x"], batch["task"]).log_softmax(1).gather(1, batch["y"][:, None]).squeeze(1)
+
+    def frozen_copy(self) -> Strategy:
+        """A frozen, eval-mode deep copy of the whole strategy (its own ``forward``, masks, heads and
+        buffers): the reference model of NPO-style unlearning, equal to this model at the time of the call.
+        Sample stores, the current experience and the unlearner are shared, not copied."""
+        memo: dict[int, Any] = {id(v): v for v in (self.experience, *self._stores.values()) if v is not None}
+        for attr in ("unlearner", "_trainer", "_fabric"):
+            if getattr(self, attr, None) is not None:
+                memo[id(getattr(self, attr))] = None
+        ref = copy.deepcopy(self, memo)
+        ref.requires_grad_(False)
+        return ref.eval()
 
     # ------------------------------------------------------------------ training
     def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
@@ -176,19 +240,50 @@ class Strategy(pl.LightningModule):
         ``None`` means no gradient steps: the runner skips training (e.g. NMC)."""
         return TensorLoader(exp.train, self.batch_size, shuffle=True, seed=self.seed, transform=exp.transform)
 
-    def unlearn(self, exp: Experience) -> None:
-        """Answer a forget request (``exp.forget`` / ``exp.retain``).
+    def unlearn(self, exp: Experience) -> str:
+        """Answer a forget request (``exp.forget`` / ``exp.retain``); returns how (``"exact"`` or the
+        unlearner's name).
 
-        The default hands it to ``self.unlearner`` (config key ``unlearning``), so any CL
-        strategy combines with any unlearning method; a strategy may override this instead."""
+        A strategy that can answer this request exactly (:meth:`can_forget_exactly`) does so; otherwise
+        ``self.unlearner`` (config key ``unlearning``) does, so any CL strategy combines with any
+        unlearning method. Sample stores are purged afterwards by the runner (``clframe.stores``)."""
+        if self.can_forget_exactly(exp):
+            self.forget_exactly(exp)
+            if self.unlearner is not None:
+                self.unlearner.history = []  # no unlearning curve for an exact answer
+            return "exact"
         if self.unlearner is None:
-            raise NotImplementedError(
-                f"strategy {type(self).__name__} got a forget request ({exp.name}) but has no unlearning method; "
-                "set unlearning=<name> (clframe list unlearner)"
+            raise ConfigError(
+                "unlearning", None, hint=f"{exp.name} needs an unlearning method (clframe list unlearner)"
             )
         self.unlearner(self, exp)
+        return getattr(self.unlearner, "registry_name", type(self.unlearner).__name__)
+
+    def can_forget_exactly(self, exp: Experience) -> bool:
+        """Whether this strategy answers ``exp`` exactly, with no gradient unlearning (e.g. by deleting the
+        forgotten task's parameters). Must not change anything: it is also asked before the run starts."""
+        return False
+
+    def forget_exactly(self, exp: Experience) -> None:
+        """The exact answer to ``exp`` (called only when :meth:`can_forget_exactly` is true)."""
+        raise NotImplementedError
+
+    def after_forget(self, exp: Experience) -> None:
+        """Called after the sample stores were purged of ``exp.forget``: refresh state derived from them
+        (e.g. class means of exemplars). Document what is refreshed or kept in :attr:`derived_state`."""
 
     # ------------------------------------------------------------------ checkpoint
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything resume needs beyond ``state_dict()``: the declared stores and :meth:`state_for_checkpoint`."""
+        return {"stores": {name: store.state() for name, store in self._stores.items()}, **self.state_for_checkpoint()}
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`checkpoint_state` (before ``load_state_dict``)."""
+        state = dict(state)
+        for name, store_state in state.pop("stores", {}).items():
+            self._stores[name].load(store_state)
+        self.load_checkpoint_state(state)
+
     def state_for_checkpoint(self) -> dict[str, Any]:
         """Extra state (tensors / plain containers) that resume needs beyond ``state_dict()``."""
         return {}
@@ -204,3 +299,35 @@ class Strategy(pl.LightningModule):
                 owner, _, attr = name.rpartition(".")
                 setattr(self.get_submodule(owner) if owner else self, attr, torch.zeros_like(state_dict[name]))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def check_capabilities(strategy: Strategy, stream: Stream, unlearning: str | None) -> None:
+    """Refuse a strategy × stream × unlearning combination the strategy does not support, before the run
+    writes anything: the stream's setting, task ids at test time, and an answer for every forget request."""
+    caps, name = strategy.capabilities, getattr(strategy, "registry_name", type(strategy).__name__)
+    if stream.setting not in caps.settings or (caps.needs_task_id and stream.setting != "task"):
+        valid = ["task"] if caps.needs_task_id else list(caps.settings)
+        why = "it needs the task id at test time" if caps.needs_task_id else "it supports these settings only"
+        raise ConfigError("scenario.setting", stream.setting, valid, hint=f"strategy {name}: {why}")
+    for exp in stream.experiences:
+        if exp.kind != "forget" or strategy.can_forget_exactly(exp):
+            continue
+        if not caps.gradient_unlearning:
+            raise ConfigError(
+                "unlearning" if unlearning else "scenario.requests",
+                unlearning if unlearning else exp.name,
+                hint=f"strategy {name} cannot be unlearned by gradient steps and has no exact answer to {exp.name}",
+            )
+        if unlearning is None:
+            from clframe.registry import UNLEARNERS
+
+            raise ConfigError(
+                "unlearning", None, UNLEARNERS.names(), hint=f"the stream has a forget request ({exp.name})"
+            )
+    if unlearning and not caps.gradient_unlearning:
+        raise ConfigError(
+            "unlearning",
+            unlearning,
+            ["null"],
+            hint=f"strategy {name} answers forget requests exactly, not by gradients",
+        )

@@ -115,7 +115,9 @@ class Experience:
 
     ``kind="learn"``: train on ``train``; ``test`` is this experience's test split.
     ``kind="forget"``: a forget request; ``forget`` holds the samples to remove and
-    ``retain`` the data the strategy may still use.
+    ``retain`` the data the strategy may still use; ``removed_classes`` lists every class with no
+    learned, unforgotten training sample left after this request (cumulative): the stream no longer
+    asks the model to know them, so they leave the CL test columns.
     """
 
     id: int
@@ -128,6 +130,7 @@ class Experience:
     retain: TensorData | None = None
     name: str = ""
     transform: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+    removed_classes: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.kind not in ("learn", "forget"):
@@ -164,3 +167,8 @@ class Stream:
     @property
     def learn_experiences(self) -> list[Experience]:
         return [e for e in self.experiences if e.kind == "learn"]
+
+    def forgotten_until(self, position: int) -> Tensor:
+        """Sorted unique ids of every sample forgotten by forget events at positions <= ``position``."""
+        parts = [e.forget.ids for e in self.experiences[: position + 1] if e.kind == "forget" and e.forget is not None]
+        return torch.cat(parts).unique() if parts else torch.zeros(0, dtype=torch.long)

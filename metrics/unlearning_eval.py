@@ -79,7 +79,7 @@ class UnlearningEvaluator(Evaluator):
     def _take_snapshot(self, strategy) -> None:
         self.snapshot = {
             "model": {k: v.detach().cpu().clone() for k, v in strategy.state_dict().items()},
-            "extra": strategy.state_for_checkpoint(),
+            "extra": strategy.checkpoint_state(),
         }
 
     def state(self) -> dict[str, Any]:
@@ -93,7 +93,7 @@ class UnlearningEvaluator(Evaluator):
         from clframe.runner import build_strategy
 
         model = build_strategy(training_config(self.cfg), stream)
-        model.load_checkpoint_state(snapshot["extra"])
+        model.restore_checkpoint_state(snapshot["extra"])
         model.load_state_dict(snapshot["model"])
         return model
 
@@ -217,6 +217,8 @@ class UnlearningEvaluator(Evaluator):
 
         target = self.relearn_target * M.accuracy(predict(models["original"], held, device), held.y)
         out = {"relearn_target_acc": target}
+        if not any(p.requires_grad for p in models["unlearn"].parameters()):
+            return out  # nothing to fine-tune (e.g. NMC on a frozen backbone): no relearning attack
         for m in ("unlearn", "oracle"):
             if m not in models:
                 continue

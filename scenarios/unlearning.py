@@ -19,9 +19,11 @@ of them) and ``test`` (the test splits of the experiences learned so far).
 
 Forgotten samples are removed from the training data of every later learn experience (a sample is
 identified by its id, so in a domain-incremental stream forgetting an id forgets that image in every
-domain). Strategy state that holds samples (replay buffers) is purged by the unlearning methods
-(``strategies.unlearning.purge_forgotten``); model snapshots kept by a strategy (LwF's old model,
-EWC's anchor) are the strategy's own business (see docs in ``strategies/unlearning.py``).
+domain). After each request the runner purges the strategy's declared sample stores and verifies that
+no forgotten id is reachable (``clframe.stores``); state derived from training data (EWC's Fisher, ...)
+follows each strategy's declared ``derived_state`` policy, recorded in ``metrics.json``.
+A forget event's ``removed_classes`` are the classes with no learned, unforgotten training sample left:
+they leave the CL test columns from that event on (``metrics.cl.retained_matrix``).
 
 ``order`` permutes the base learn experiences (the same stages in another order) for path-dependence
 studies (``benchmarks/path_dependence.py``).
@@ -149,6 +151,8 @@ def insert_requests(
             forget = select_forget(req, seen, f"scenario.requests[{i}]", gen)
             forgotten = torch.cat([forgotten, forget.ids]).unique()
             kept = [d for d in (_drop(d, forgotten) for d in learned) if len(d)]
+            still = {c for d in kept for c in d.classes()}
+            removed = sorted({c for d in learned for c in d.classes()} - still)
             retain = apply_budget(TensorData.concat(kept), retain_budget, gen) if kept else None
             test = TensorData.concat([e.test for e in events if e.kind == "learn"])
             name = f"forget_{req['type']}_{i}"
@@ -163,6 +167,7 @@ def insert_requests(
                     forget=forget,
                     retain=retain,
                     name=name,
+                    removed_classes=removed,
                 )
             )
     return events

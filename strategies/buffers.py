@@ -83,6 +83,18 @@ class ReplayBuffer:
         self.data = data.subset(index)
         self.extra = {k: v[index] for k, v in extra.items()}
 
+    def ids(self) -> Tensor:
+        """Ids of the samples held (a :class:`clframe.stores.SampleStore`)."""
+        return self.data.ids if self.data is not None else torch.zeros(0, dtype=torch.long)
+
+    def forget(self, ids: Tensor) -> int:
+        """Drop these samples and their extras (e.g. DER's stored logits); return how many were held."""
+        if self.data is None:
+            return 0
+        keep = ~torch.isin(self.data.ids, ids.to(self.data.ids.device))
+        self.data, self.extra = self.data.subset(keep), {k: v[keep] for k, v in self.extra.items()}
+        return int((~keep).sum())
+
     def sample(self, n: int, generator: torch.Generator) -> tuple[TensorData, dict[str, Tensor]]:
         """``n`` random samples (without replacement when possible) and their extras."""
         idx = torch.randperm(len(self), generator=generator)[:n]
@@ -147,6 +159,12 @@ class OnlineMemory:
     def remember(self, batch: dict[str, Tensor], **extra: Tensor) -> None:
         data = TensorData(*(batch[k].detach().to(HOST) for k in ("x", "y", "ids", "task")))
         self.buffer.add(data, self.generator, {k: v.detach().float().to(HOST) for k, v in extra.items()})
+
+    def ids(self) -> Tensor:
+        return self.buffer.ids()
+
+    def forget(self, ids: Tensor) -> int:
+        return self.buffer.forget(ids)
 
     def state(self) -> dict:
         return self.buffer.state()

@@ -19,6 +19,8 @@ class CL2R(Strategy):
     (cosine feature distillation, weight ``fd_weight``; with ``adaptive_weight`` scaled by
     ``sqrt(new classes / old classes)`` as in the authors' code)."""
 
+    derived_state = {"old_net": "replaced at the next learn experience by a copy of the unlearned model"}
+
     def __init__(
         self,
         *args,
@@ -31,7 +33,7 @@ class CL2R(Strategy):
     ):
         super().__init__(*args, **kwargs)
         self.head = SimplexHead(self.backbone.num_features, self.n_classes)
-        self.buffer = ReplayBuffer(buffer_size, buffer_policy)
+        self.buffer = self.register_store("buffer", ReplayBuffer(buffer_size, buffer_policy))
         self.replay_batch_size = replay_batch_size or self.batch_size
         self.fd_weight, self.adaptive_weight = fd_weight, adaptive_weight
         self.old_net, self.weight = None, fd_weight
@@ -68,10 +70,9 @@ class CL2R(Strategy):
         self.buffer.add(exp.train, torch.Generator().manual_seed(self.seed))
 
     def state_for_checkpoint(self):
-        return {"buffer": self.buffer.state(), "has_old": self.old_net is not None, "weight": self.weight}
+        return {"has_old": self.old_net is not None, "weight": self.weight}
 
     def load_checkpoint_state(self, state):
-        self.buffer.load(state["buffer"])
         self.weight = state.get("weight", self.fd_weight)
         if state.get("has_old"):
             self.old_net = frozen_copy(self)  # weights come from the state dict

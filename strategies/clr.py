@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from clframe.errors import ConfigError
 from clframe.registry import register_strategy
-from clframe.strategy import MASK_VALUE, Strategy
+from clframe.strategy import MASK_VALUE, Capabilities, Strategy
 from strategies.reprogram import Router, TaskSwitch, wrap
 
 ANCHORS = ("rotation", "pretrained", "random")
@@ -31,7 +31,16 @@ class CLR(Strategy):
     as the pretraining stage (``cfg.pretrain``, with ``freeze: false``) left it; ``random`` freezes
     the random init. ``reprogram="full"`` instead gives each task a full trainable copy of the
     backbone (the "per-task fine-tuned model" baseline). ``skip_pointwise`` leaves 1x1 convs
-    unprogrammed (the authors' ``reduced_v1``)."""
+    unprogrammed (the authors' ``reduced_v1``).
+
+    Forget requests: a request that removes a whole task (no retained sample of it left) is answered
+    **exactly** by resetting that task's programs, norm copies and head to their initial values (same
+    seed as when the task was added), which is what a model retrained without the task has: the result
+    equals the retrain oracle bit for bit — unless the anchor was trained on that task's inputs
+    (``anchor=rotation`` and the first task), then a gradient unlearner is needed. Other requests go to
+    the gradient unlearner, which may change only the parameters of the tasks in the forget set."""
+
+    capabilities = Capabilities(settings=("task",), needs_task_id=True)
 
     def __init__(
         self,
@@ -63,6 +72,8 @@ class CLR(Strategy):
         self.heads = nn.ModuleDict()
         self.current: str | None = None
         self.anchor_ready = anchor != "rotation"
+        self.task_seeds: dict[str, int] = {}  # task -> strategy.seed when its modules were created
+        self.anchor_task: str | None = None  # the task whose inputs trained the rotation anchor
 
     def switches(self) -> list[TaskSwitch]:
         return [m for m in self.backbone.modules() if isinstance(m, TaskSwitch)]
@@ -77,6 +88,7 @@ class CLR(Strategy):
         self.requires_grad_(False)  # anchor, base head and every earlier task stay fixed for good
         self.current = str(exp.task_id)
         if self.current not in self.heads:
+            self.task_seeds[self.current] = self.seed
             self.add_task(self.current)
         for m in self.switches():
             m.programs[self.current].requires_grad_(True)
@@ -88,7 +100,7 @@ class CLR(Strategy):
             for m in self.switches():  # copies of anchor layers start from the trained anchor
                 if not m.after:
                     m.programs[self.current].load_state_dict(m.anchor.state_dict())
-            self.anchor_ready = True
+            self.anchor_ready, self.anchor_task = True, self.current
 
     def train_rotation_proxy(self, exp) -> None:
         """RotNet-style proxy: predict which of 0/90/180/270 degrees each image was rotated by."""
@@ -137,6 +149,39 @@ class CLR(Strategy):
             self.router.task = None  # features() outside forward: the task-agnostic anchor
         return out.masked_fill(~self.class_mask(task), MASK_VALUE)
 
+    # ---------------------------------------------------------------- forget requests
+    def forgotten_task(self, exp) -> str | None:
+        """The task ``exp`` removes entirely (its only task, none of its samples retained), or ``None``."""
+        tasks = exp.forget.task.unique().tolist()
+        if len(tasks) != 1 or (exp.retain is not None and bool((exp.retain.task == tasks[0]).any())):
+            return None
+        return str(tasks[0])
+
+    def can_forget_exactly(self, exp) -> bool:
+        key = self.forgotten_task(exp)
+        if key is None or (self.anchor == "rotation" and self.anchor_task in (None, key)):
+            return False  # partial request, or the anchor itself saw the task (or will: not trained yet)
+        return True
+
+    def forget_exactly(self, exp) -> None:
+        key = self.forgotten_task(exp)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.task_seeds[key])
+            self.add_task(key)  # the modules the task started from, as a model that never learned it has
+        self.requires_grad_(False)
+
+    def unlearn(self, exp):
+        if not self.can_forget_exactly(exp):  # gradient unlearning may move only the forgotten tasks' modules
+            self.requires_grad_(False)
+            for key in {str(t) for t in exp.forget.task.unique().tolist()} & set(self.heads):
+                self.heads[key].requires_grad_(True)
+                for m in self.switches():
+                    m.programs[key].requires_grad_(True)
+        try:
+            return super().unlearn(exp)
+        finally:
+            self.requires_grad_(False)
+
     def overhead(self) -> dict[str, float]:
         """Parameters added per task, absolute and as % of the anchor backbone."""
         backbone = sum(p.numel() for n, p in self.backbone.named_parameters() if ".programs." not in f".{n}")
@@ -156,11 +201,18 @@ class CLR(Strategy):
         }
 
     def state_for_checkpoint(self):
-        return {"tasks": list(self.heads.keys()), "current": self.current, "anchor_ready": self.anchor_ready}
+        return {
+            "tasks": list(self.heads.keys()),
+            "current": self.current,
+            "anchor_ready": self.anchor_ready,
+            "task_seeds": dict(self.task_seeds),
+            "anchor_task": self.anchor_task,
+        }
 
     def load_checkpoint_state(self, state):
         for key in state.get("tasks", []):
             if key not in self.heads:
                 self.add_task(key)
         self.current, self.anchor_ready = state.get("current"), bool(state.get("anchor_ready", self.anchor_ready))
+        self.task_seeds, self.anchor_task = dict(state.get("task_seeds", {})), state.get("anchor_task")
         self.requires_grad_(False)

@@ -28,7 +28,7 @@ class CoReS(Strategy):
     ):
         super().__init__(*args, **kwargs)
         self.head = SimplexHead(self.backbone.num_features, self.n_classes)
-        self.buffer = ReplayBuffer(buffer_size, buffer_policy) if buffer_size else None
+        self.buffer = self.register_store("buffer", ReplayBuffer(buffer_size, buffer_policy)) if buffer_size else None
         self.replay_batch_size = replay_batch_size or self.batch_size
 
     def features(self, x):
@@ -47,10 +47,3 @@ class CoReS(Strategy):
     def after_experience(self, exp):
         if self.buffer is not None:
             self.buffer.add(exp.train, torch.Generator().manual_seed(self.seed))
-
-    def state_for_checkpoint(self):
-        return {"buffer": self.buffer.state() if self.buffer is not None else None}
-
-    def load_checkpoint_state(self, state):
-        if self.buffer is not None and state.get("buffer"):
-            self.buffer.load(state["buffer"])

@@ -29,7 +29,7 @@ class DERpp(Strategy):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.memory = OnlineMemory(buffer_size, minibatch_size or self.batch_size)
+        self.memory = self.register_store("memory", OnlineMemory(buffer_size, minibatch_size or self.batch_size))
         self.alpha, self.beta = alpha, beta
 
     def train_dataloader_for(self, exp):
@@ -45,9 +45,3 @@ class DERpp(Strategy):
             loss = loss + self.beta * F.cross_entropy(self(x[-k:], mem["task"][-k:]), mem["y"][-k:])
         self.memory.remember(batch, logits=logits)
         return loss
-
-    def state_for_checkpoint(self):
-        return {"memory": self.memory.state()}
-
-    def load_checkpoint_state(self, state):
-        self.memory.load(state["memory"])

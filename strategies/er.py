@@ -18,7 +18,7 @@ class ER(Strategy):
 
     def __init__(self, *args, buffer_size: int = 200, minibatch_size: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.memory = OnlineMemory(buffer_size, minibatch_size or self.batch_size)
+        self.memory = self.register_store("memory", OnlineMemory(buffer_size, minibatch_size or self.batch_size))
 
     def train_dataloader_for(self, exp):
         return self.memory.loader(exp, self.batch_size, self.seed)
@@ -31,9 +31,3 @@ class ER(Strategy):
         loss = F.cross_entropy(self(self.memory.augment(x), task), y)
         self.memory.remember(batch)
         return loss
-
-    def state_for_checkpoint(self):
-        return {"memory": self.memory.state()}
-
-    def load_checkpoint_state(self, state):
-        self.memory.load(state["memory"])

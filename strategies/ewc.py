@@ -15,6 +15,8 @@ class EWC(Strategy):
     that mattered for earlier experiences (diagonal Fisher ``F_t``) near their values ``theta*_t``.
     ``online=True`` keeps one running Fisher ``F = gamma F + F_t`` anchored at the latest parameters."""
 
+    derived_state = {"anchors": "kept: the Fisher and anchor weights of earlier experiences saw the forgotten samples"}
+
     def __init__(
         self,
         *args,

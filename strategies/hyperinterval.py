@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from clframe.errors import ConfigError
 from clframe.registry import register_strategy
-from clframe.strategy import MASK_VALUE, Strategy
+from clframe.strategy import MASK_VALUE, Capabilities, Strategy
 from strategies.hypernet import box_intersection, hnet_box, hyperfan_in_init, interval_loss
 from strategies.intervals import forward_point, ibp, leaf_layers, mlp, param_shapes, unflatten
 
@@ -32,6 +32,9 @@ class HyperInterval(Strategy):
     time). ``rho`` adds the authors' soft pull of the new centre towards earlier ones.
     ``fan_in_init`` (our choice, not in the paper): the hypernetwork's output layer is initialised so that the
     generated target network starts at He scale (``strategies.hypernet.hyperfan_in_init``)."""
+
+    capabilities = Capabilities(settings=("task",), needs_task_id=True)  # one embedding per task id
+    derived_state = {"targets": "recomputed at the next learn experience from the unlearned hypernetwork"}
 
     def __init__(
         self,

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from clframe.registry import register_strategy
+from clframe.stores import DataStore
 from clframe.strategy import MASK_VALUE, Strategy
 from clframe.stream import TensorData, TensorLoader
 from strategies.buffers import herding
@@ -21,10 +22,15 @@ class ICaRL(Strategy):
     Prediction (eval mode, so the runner's evaluation uses it): nearest mean of exemplars on
     L2-normalised features."""
 
+    derived_state = {
+        "class_means": "refreshed from the remaining exemplars with the unlearned model (none left: class dropped)",
+        "old_net": "replaced at the next learn experience by a copy of the unlearned model",
+    }
+
     def __init__(self, *args, buffer_size: int = 200, **kwargs):
         super().__init__(*args, **kwargs)
         self.buffer_size = buffer_size
-        self.exemplars: TensorData | None = None  # per class, in herding order
+        self.exemplars = self.register_store("exemplars", DataStore())  # per class, in herding order
         self.old_net = None
         self.register_buffer("old_seen", torch.zeros_like(self.seen))
         self.register_buffer("class_means", torch.zeros(self.n_classes, self.backbone.num_features))
@@ -36,7 +42,7 @@ class ICaRL(Strategy):
         super().before_experience(exp)
 
     def train_dataloader_for(self, exp):
-        data = TensorData.concat([exp.train, self.exemplars]) if self.exemplars is not None else exp.train
+        data = TensorData.concat([exp.train, *self.exemplars.parts])
         return TensorLoader(data, self.batch_size, shuffle=True, seed=self.seed, transform=exp.transform)
 
     def training_loss(self, batch):
@@ -66,28 +72,33 @@ class ICaRL(Strategy):
 
     def after_experience(self, exp):
         m = self.buffer_size // int(self.seen.sum())
-        keep, parts = [], [] if self.exemplars is None else [self.exemplars]
+        keep, parts = [], list(self.exemplars.parts)
         for c in exp.classes:
             data = exp.train.subset(exp.train.y == c)
             parts.append(data.subset(herding(self.embed(data.x), m)))
         pool = TensorData.concat(parts)
         for c in pool.y.unique().tolist():
             keep.append((pool.y == c).nonzero().squeeze(1)[:m])  # herding order: the first m are the best
-        self.exemplars = pool.subset(torch.cat(keep))
-        feats = self.embed(self.exemplars.x)
-        y = self.exemplars.y.to(feats.device)
+        self.exemplars.replace(pool.subset(torch.cat(keep)))
+        self.update_means()
+
+    def update_means(self) -> None:
+        """Class means of the exemplars' normalised features (a class without exemplars has none)."""
+        self.has_mean.zero_()
+        kept = self.exemplars.data()
+        if kept is None:
+            return
+        feats = self.embed(kept.x)
+        y = kept.y.to(feats.device)
         for c in y.unique().tolist():
             self.class_means[c] = F.normalize(feats[y == c].mean(0), dim=0)
             self.has_mean[c] = True
+
+    def after_forget(self, exp):
+        self.update_means()
 
     def forward(self, x, task=None):
         if self.training or not bool(self.has_mean.any()):
             return super().forward(x, task)
         scores = -torch.cdist(F.normalize(self.features(x), dim=1), self.class_means)
         return scores.masked_fill(~(self.class_mask(task) & self.has_mean), MASK_VALUE)
-
-    def state_for_checkpoint(self):
-        return {"exemplars": None if self.exemplars is None else vars(self.exemplars)}
-
-    def load_checkpoint_state(self, state):
-        self.exemplars = TensorData(**state["exemplars"]) if state.get("exemplars") else None

@@ -1,6 +1,7 @@
 """Joint training: the upper bound that sees all data so far."""
 
 from clframe.registry import register_strategy
+from clframe.stores import DataStore
 from clframe.strategy import Strategy
 from clframe.stream import Experience, TensorData, TensorLoader
 
@@ -15,17 +16,11 @@ class Joint(Strategy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.past: list[TensorData] = []
+        self.past = self.register_store("past", DataStore())  # every earlier experience's training data
 
     def train_dataloader_for(self, exp: Experience) -> TensorLoader:
-        data = TensorData.concat([*self.past, exp.train])
+        data = TensorData.concat([*self.past.parts, exp.train])
         return TensorLoader(data, self.batch_size, shuffle=True, seed=self.seed, transform=exp.transform)
 
     def after_experience(self, exp: Experience) -> None:
-        self.past.append(exp.train)
-
-    def state_for_checkpoint(self) -> dict:
-        return {"past": [vars(d) for d in self.past]}
-
-    def load_checkpoint_state(self, state: dict) -> None:
-        self.past = [TensorData(**d) for d in state.get("past", [])]
+        self.past.add(exp.train)

@@ -10,6 +10,8 @@ from clframe.strategy import Strategy
 class L2Anchor(Strategy):
     """Cross-entropy plus ``lam/2 * ||theta - theta_prev||^2`` (theta_prev: weights after the last experience)."""
 
+    derived_state = {"anchor": "kept: the weights after the last experience were trained with the forgotten samples"}
+
     def __init__(self, *args, lam: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.lam = lam

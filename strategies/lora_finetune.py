@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from clframe.lora import ensure_lora, lora_layers
 from clframe.registry import register_strategy
+from clframe.stores import DataStore
 from clframe.strategy import Strategy
 from clframe.stream import Experience, TensorData, TensorLoader
 
@@ -28,24 +29,24 @@ class LoRAFinetune(Strategy):
     ):
         super().__init__(*args, **kwargs)
         self.lora = {"rank": rank, "alpha": alpha, "targets": None if targets is None else tuple(targets)}
-        self.joint, self.past = joint, []
+        self.joint = joint
+        self.past = self.register_store("past", DataStore())  # joint=True only: earlier experiences' data
 
     def before_experience(self, exp: Experience) -> None:
         ensure_lora(self.backbone, **self.lora)
         super().before_experience(exp)
 
     def train_dataloader_for(self, exp: Experience) -> TensorLoader:
-        data = TensorData.concat([*self.past, exp.train]) if self.joint else exp.train
+        data = TensorData.concat([*self.past.parts, exp.train]) if self.joint else exp.train
         return TensorLoader(data, self.batch_size, shuffle=True, seed=self.seed, transform=exp.transform)
 
     def after_experience(self, exp: Experience) -> None:
         if self.joint:
-            self.past.append(exp.train)
+            self.past.add(exp.train)
 
     def state_for_checkpoint(self) -> dict:
-        return {"has_lora": next(lora_layers(self.backbone), None) is not None, "past": [vars(d) for d in self.past]}
+        return {"has_lora": next(lora_layers(self.backbone), None) is not None}
 
     def load_checkpoint_state(self, state: dict) -> None:
         if state.get("has_lora"):
             ensure_lora(self.backbone, **self.lora)  # the state dict then fills the adapters
-        self.past = [TensorData(**d) for d in state.get("past", [])]

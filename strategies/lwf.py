@@ -15,6 +15,8 @@ class LwF(Strategy):
     on the same inputs, over the classes of earlier experiences (one softmax per earlier task in
     task-IL, one over all earlier classes otherwise)."""
 
+    derived_state = {"old_net": "replaced at the next learn experience by a copy of the unlearned model"}
+
     def __init__(self, *args, alpha: float = 1.0, temperature: float = 2.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.alpha, self.temperature = alpha, temperature

@@ -24,7 +24,7 @@ class Replay(Strategy):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.buffer = ReplayBuffer(buffer_size, buffer_policy)
+        self.buffer = self.register_store("buffer", ReplayBuffer(buffer_size, buffer_policy))
         self.replay_batch_size = replay_batch_size or self.batch_size
 
     def train_dataloader_for(self, exp):
@@ -39,9 +39,3 @@ class Replay(Strategy):
 
     def after_experience(self, exp):
         self.buffer.add(exp.train, torch.Generator().manual_seed(self.seed))
-
-    def state_for_checkpoint(self):
-        return {"buffer": self.buffer.state()}
-
-    def load_checkpoint_state(self, state):
-        self.buffer.load(state["buffer"])

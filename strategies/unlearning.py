@@ -1,35 +1,31 @@
 """Unlearning methods answering forget requests for any CL strategy (config key ``unlearning``).
 
-Each method is a small :class:`Unlearner` subclass with a ``loss(strategy, forget, retain)``; the
-base class runs the optimisation loop on batches of ``exp.forget`` / ``exp.retain``, records forget /
-retain / test accuracy over the unlearning steps (``history``, for curves) and finally purges the
-forgotten samples from the strategy's replay buffers, so that later experiences cannot replay them.
+Each method is a small :class:`Unlearner` subclass with a ``loss(strategy, forget, retain)`` written
+against :meth:`Strategy.log_likelihood <clframe.strategy.Strategy.log_likelihood>` (per-sample
+log p(y|x)), so it works for every strategy; the base class runs the optimisation loop on batches of
+``exp.forget`` / ``exp.retain`` and records forget / retain / test accuracy over the unlearning steps
+(``history``, for curves).
 
-Model snapshots that a CL strategy keeps (LwF's old model, EWC's anchor and Fisher) still encode
-the forgotten data; they are not rewritten here (a strategy that must refresh them can override
-``Strategy.unlearn`` and call ``super().unlearn(exp)`` first). Any attribute of the strategy with a
-``forget_ids(ids)`` method is called too, so other sample stores can opt in.
+Before the loop, ``self.ref`` is a frozen eval-mode copy of the whole strategy
+(:meth:`Strategy.frozen_copy <clframe.strategy.Strategy.frozen_copy>`): the model before unlearning.
+With ``freeze_norm=True`` (default) the strategy is unlearned in eval mode — normalisation layers use
+and keep their running statistics, dropout is off — so at step 0 the model and its reference give the
+same outputs (NPO's loss is exactly ``(2/β)·log 2``) and single-class forget batches cannot rewrite
+BatchNorm statistics. ``freeze_norm=False`` trains in train mode (batch statistics, updated running stats).
+
+The runner purges the forgotten samples from the strategy's declared sample stores afterwards and
+verifies that none is reachable (``clframe.stores.purge_and_verify``).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from clframe.errors import ConfigError, NonFiniteLossError
 from clframe.registry import register_unlearner
-from clframe.strategy import MASK_VALUE, OPTIMIZERS
-from strategies.losses import frozen_copy
-from strategies.unlearning_pieces import (
-    accuracy_on,
-    batches,
-    npo_loss,
-    purge_forgotten,
-    simnpo_loss,
-    split_test,
-    true_logprob,
-)
+from clframe.strategy import OPTIMIZERS
+from strategies.unlearning_pieces import accuracy_on, batches, npo_loss, simnpo_loss, split_test
 
 
 # ---------------------------------------------------------------- methods
@@ -39,7 +35,8 @@ class Unlearner:
     Args: steps, lr, optimizer ("sgd" | "adam" | "adamw"), momentum, batch_size, grad_clip (max
     gradient norm, as HF Trainer's default 1.0 in LLM unlearning code; None: off); retain_weight
     (weight of the cross-entropy on retain data, 0 for a purely local method); eval_every (steps
-    between accuracy probes for the curves, 0: none); device ("auto": CUDA when available).
+    between accuracy probes for the curves, 0: none); device ("auto": CUDA when available);
+    freeze_norm (unlearn in eval mode: normalisation statistics frozen, no dropout; see the module doc).
     """
 
     def __init__(
@@ -54,6 +51,7 @@ class Unlearner:
         retain_weight: float = 1.0,
         eval_every: int = 10,
         device: str = "auto",
+        freeze_norm: bool = True,
     ):
         if optimizer not in OPTIMIZERS:
             raise ConfigError("unlearning.optimizer", optimizer, sorted(OPTIMIZERS))
@@ -63,7 +61,9 @@ class Unlearner:
             )
         self.steps, self.lr, self.optimizer, self.momentum, self.batch_size = steps, lr, optimizer, momentum, batch_size
         self.retain_weight, self.eval_every, self.device, self.grad_clip = retain_weight, eval_every, device, grad_clip
+        self.freeze_norm = freeze_norm
         self.history: list[dict[str, float | None]] = []
+        self.ref = None  # the model before unlearning, during a request
 
     def setup(self, strategy, exp) -> None:
         """Called once before the loop (snapshot a reference model, ...)."""
@@ -74,7 +74,7 @@ class Unlearner:
     def retain_loss(self, strategy, retain: dict[str, Tensor] | None) -> Tensor | float:
         if retain is None or self.retain_weight == 0:
             return 0.0
-        return self.retain_weight * F.cross_entropy(strategy(retain["x"], retain["task"]), retain["y"])
+        return -self.retain_weight * strategy.log_likelihood(retain).mean()
 
     def _probe(self, strategy, exp, step: int) -> dict[str, float | None]:
         return {
@@ -89,10 +89,16 @@ class Unlearner:
             raise ConfigError("forget", exp.name, hint="a forget request needs a non-empty forget set")
         auto = self.device == "auto"
         device = torch.device("cuda" if auto and torch.cuda.is_available() else ("cpu" if auto else self.device))
-        strategy.to(device).train()
+        strategy.to(device)
+        self.ref = strategy.frozen_copy()
+        strategy.train(not self.freeze_norm)
         self._test = split_test(exp)[0] if exp.test is not None else None
         self.setup(strategy, exp)
         params = [p for p in strategy.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError(
+                "unlearning", type(self).registry_name, hint=f"{type(strategy).__name__} has nothing to train"
+            )
         kwargs = {"lr": self.lr, **({"momentum": self.momentum} if self.optimizer == "sgd" else {})}
         opt = OPTIMIZERS[self.optimizer](params, **kwargs)
         forget = batches(exp.forget, self.batch_size, strategy.seed, device)
@@ -110,7 +116,8 @@ class Unlearner:
             opt.step()
             if self.eval_every and step % self.eval_every == 0:
                 self.history.append(self._probe(strategy, exp, step))
-        purge_forgotten(strategy, exp.forget.ids)
+        strategy.train()
+        self.ref, self._test = None, None  # free the copy; the runner checks nothing forgotten is left
 
 
 @register_unlearner("ga")
@@ -121,7 +128,7 @@ class GradientAscent(Unlearner):
         super().__init__(retain_weight=retain_weight, **kwargs)
 
     def loss(self, strategy, forget, retain):
-        return -F.cross_entropy(strategy(forget["x"], forget["task"]), forget["y"]) + self.retain_loss(strategy, retain)
+        return strategy.log_likelihood(forget).mean() + self.retain_loss(strategy, retain)
 
 
 @register_unlearner("graddiff")
@@ -129,7 +136,7 @@ class GradDiff(Unlearner):
     """Ascent on the forget set + descent on the retain set (``retain_weight``)."""
 
     def loss(self, strategy, forget, retain):
-        return -F.cross_entropy(strategy(forget["x"], forget["task"]), forget["y"]) + self.retain_loss(strategy, retain)
+        return strategy.log_likelihood(forget).mean() + self.retain_loss(strategy, retain)
 
 
 @register_unlearner("npo")
@@ -141,15 +148,10 @@ class NPO(Unlearner):
         super().__init__(**kwargs)
         self.beta = beta
 
-    def setup(self, strategy, exp):
-        self.ref = frozen_copy(strategy)
-
     def loss(self, strategy, forget, retain):
-        x, y, task = forget["x"], forget["y"], forget["task"]
         with torch.no_grad():
-            ref = self.ref(x).masked_fill(~strategy.class_mask(task), MASK_VALUE)
-        logp = true_logprob(strategy(x, task), y)
-        return npo_loss(logp, true_logprob(ref, y), self.beta) + self.retain_loss(strategy, retain)
+            logp_ref = self.ref.log_likelihood(forget)
+        return npo_loss(strategy.log_likelihood(forget), logp_ref, self.beta) + self.retain_loss(strategy, retain)
 
 
 @register_unlearner("simnpo")
@@ -161,8 +163,7 @@ class SimNPO(Unlearner):
         self.beta, self.gamma = beta, gamma
 
     def loss(self, strategy, forget, retain):
-        logp = true_logprob(strategy(forget["x"], forget["task"]), forget["y"])
-        return simnpo_loss(logp, self.beta, self.gamma) + self.retain_loss(strategy, retain)
+        return simnpo_loss(strategy.log_likelihood(forget), self.beta, self.gamma) + self.retain_loss(strategy, retain)
 
 
 @register_unlearner("finetune_retain")
@@ -175,7 +176,7 @@ class FinetuneRetain(Unlearner):
         super().__call__(strategy, exp)
 
     def loss(self, strategy, forget, retain):
-        return F.cross_entropy(strategy(retain["x"], retain["task"]), retain["y"])
+        return -strategy.log_likelihood(retain).mean()
 
 
 @register_unlearner("random_label")
@@ -183,9 +184,9 @@ class RandomLabel(Unlearner):
     """Reference point: train the forget set towards random wrong labels (among allowed classes) + retain CE."""
 
     def loss(self, strategy, forget, retain):
-        x, y, task = forget["x"], forget["y"], forget["task"]
+        y, task = forget["y"], forget["task"]
         allowed = strategy.class_mask(task).expand(len(y), -1).float().clone()
         allowed[torch.arange(len(y)), y] = 0
         allowed[allowed.sum(1) == 0] = 1  # a single allowed class: nothing else to choose
         wrong = torch.multinomial(allowed, 1).squeeze(1)
-        return F.cross_entropy(strategy(x, task), wrong) + self.retain_loss(strategy, retain)
+        return -strategy.log_likelihood({**forget, "y": wrong}).mean() + self.retain_loss(strategy, retain)

@@ -1,6 +1,5 @@
 """Pieces shared by the unlearning methods and the unlearning evaluator: loss functions (NPO,
-SimNPO, MMD), layer-activation capture, batch helpers, and the purge of forgotten samples from
-replay buffers."""
+SimNPO, MMD), layer-activation capture and batch helpers."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from torch import Tensor, nn
 
 from clframe.errors import ConfigError
 from clframe.stream import TensorData
-from strategies.buffers import ReplayBuffer
 
 ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.LeakyReLU, nn.ELU)
 
@@ -100,17 +98,3 @@ def split_test(exp) -> tuple[TensorData, TensorData | None]:
     keep = exp.test.subset(torch.isin(exp.test.y, retained))
     now = exp.test.subset(torch.isin(exp.test.y, gone_now))
     return keep, (now if len(now) else None)
-
-
-def purge_forgotten(strategy, ids: Tensor) -> int:
-    """Remove samples with these ids from every ReplayBuffer attribute of ``strategy`` (and call
-    ``forget_ids`` on attributes that define it). Returns the number of buffer samples removed."""
-    removed = 0
-    for obj in list(vars(strategy).values()) + list(strategy._modules.values()):
-        if isinstance(obj, ReplayBuffer) and obj.data is not None:
-            keep = ~torch.isin(obj.data.ids, ids.to(obj.data.ids.device))
-            removed += int((~keep).sum())
-            obj.data, obj.extra = obj.data.subset(keep), {k: v[keep] for k, v in obj.extra.items()}
-        elif hasattr(obj, "forget_ids") and callable(obj.forget_ids):
-            obj.forget_ids(ids)
-    return removed

@@ -100,7 +100,7 @@ def test_icarl_distils_old_classes_and_predicts_nearest_mean():
     target = F.one_hot(batch["y"], 10).float()[:, :2]
     assert torch.allclose(loss, F.binary_cross_entropy_with_logits(s.logits(batch["x"])[:, :2], target))
     s.after_experience(exp0)
-    assert torch.bincount(s.exemplars.y).tolist() == [6, 6]
+    assert torch.bincount(s.exemplars.data().y).tolist() == [6, 6]
     exp1 = blobs_experience(1, [2, 3])
     batch = first_batch(s, exp1)
     old = torch.sigmoid(s.old_net(batch["x"]))
@@ -109,13 +109,13 @@ def test_icarl_distils_old_classes_and_predicts_nearest_mean():
     expected = F.binary_cross_entropy_with_logits(s.logits(batch["x"])[:, :4], target[:, :4])
     assert torch.allclose(s.training_loss(batch), expected, atol=1e-6)
     s.after_experience(exp1)
-    assert torch.bincount(s.exemplars.y).tolist() == [3, 3, 3, 3]  # 12 // 4 per class, old ones trimmed
+    assert torch.bincount(s.exemplars.data().y).tolist() == [3, 3, 3, 3]  # 12 // 4 per class, old ones trimmed
     s.eval()
     x = exp1.test.x
     feats = F.normalize(s.features(x), dim=1)
     means = torch.stack(
         [
-            F.normalize(F.normalize(s.features(s.exemplars.x[s.exemplars.y == c]), dim=1).mean(0), dim=0)
+            F.normalize(F.normalize(s.features(s.exemplars.data().x[s.exemplars.data().y == c]), dim=1).mean(0), dim=0)
             for c in range(4)
         ]
     )

@@ -24,8 +24,16 @@ SMOKE_OVERRIDES: dict[str, list[str]] = {"ewc": ["strategy.lam=10"]}
 
 @pytest.mark.parametrize("name", STRATEGIES.names())
 def test_every_strategy_learns_blobs(make_cfg, name):
-    """Two experiences of well-separated blobs: every strategy must learn the current experience."""
-    cfg = make_cfg(*BLOBS, f"strategy={name}", "scenario.n_experiences=2", *SMOKE_OVERRIDES.get(name, []))
+    """Two experiences of well-separated blobs: every strategy must learn the current experience
+    (class-IL, or task-IL for strategies that need task ids)."""
+    setting = "class" if "class" in STRATEGIES.get(name).capabilities.settings else "task"
+    cfg = make_cfg(
+        *BLOBS,
+        f"strategy={name}",
+        "scenario.n_experiences=2",
+        f"scenario.setting={setting}",
+        *SMOKE_OVERRIDES.get(name, []),
+    )
     R = np.asarray(run(cfg)["accuracy_matrix"])
     assert R.shape == (2, 2)
     assert R[0, 0] > 0.8 and R[1, 1] > 0.5, R
@@ -102,7 +110,7 @@ def test_checkpoint_loads_weights_only_and_holds_strategy_state(make_cfg):
     run(cfg)
     ckpt = torch.load(f"{cfg.run_dir}/checkpoints/last.pt", weights_only=True)
     assert ckpt["runner"]["next"] == 5
-    assert len(ckpt["extra"]["buffer"]["data"]["y"]) == 50
+    assert len(ckpt["extra"]["stores"]["buffer"]["data"]["y"]) == 50
 
 
 @pytest.mark.parametrize(
