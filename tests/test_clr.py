@@ -101,3 +101,44 @@ def test_interrupted_run_resumes_to_identical_matrix(make_cfg, monkeypatch):
     for j in range(len(R)):
         assert np.all(R[j:, j] == R[j, j]), R  # exactly, not approximately
     assert R[-1].mean() > 0.8, R
+
+
+def test_forgetting_a_whole_task_is_exact_retraining(make_cfg):
+    """A request that removes task 0 entirely resets its modules to their initial values: the model equals,
+    bit for bit, the retrain oracle that never learned task 0 (random anchor: the anchor saw no task)."""
+    from clframe.oracle import train_oracle
+    from clframe.runner import start_event
+    from clframe.stores import answer_forget_request
+
+    cfg = make_cfg(
+        *DIGITS,
+        "strategy.anchor=random",
+        "scenario=unlearning_digits",
+        "scenario.base.setting=task",
+        "scenario.requests=[{after: 1, type: experience, experience: 0}]",
+    )
+    stream, strategy = build(cfg)
+    forget = next(e for e in stream.experiences if e.kind == "forget")
+    assert strategy.can_forget_exactly(forget)
+    for exp in stream.experiences[: forget.id]:
+        start_event(strategy, 0, exp)
+        learn_experience(cfg, strategy, exp)
+    before = predict(strategy, stream.experiences[1].test, torch.device("cpu"))
+    start_event(strategy, 0, forget)
+    report = answer_forget_request(strategy, forget, stream.forgotten_until(forget.id))
+    assert report["answer"] == "exact"
+    oracle, info = train_oracle(cfg, stream, forget.id)
+    mine, theirs = strategy.state_dict(), oracle.state_dict()
+    assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert torch.equal(predict(strategy, stream.experiences[1].test, torch.device("cpu")), before)  # task 1 intact
+    # with the rotation anchor trained on task 0's inputs the answer cannot be exact: a gradient unlearner is needed
+    rotation = build(
+        make_cfg(
+            *DIGITS,
+            "scenario=unlearning_digits",
+            "scenario.base.setting=task",
+            "scenario.requests=[{after: 1, type: experience, experience: 0}]",
+            "unlearning=ga",
+        )
+    )[1]
+    assert not rotation.can_forget_exactly(forget)
