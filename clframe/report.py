@@ -22,7 +22,8 @@ def format_matrix(R: list[list[float]]) -> str:
     cols = len(R[0])
     lines = ["after \\ on " + " ".join(f"{'exp' + str(j):>7}" for j in range(cols))]
     for i, row in enumerate(R):
-        lines.append(f"exp {i:<7}" + " ".join(f"{100 * v:7.2f}" for v in row))
+        # None / NaN: a column whose classes were all deliberately forgotten (no longer asked)
+        lines.append(f"exp {i:<7}" + " ".join(f"{'–':>7}" if v is None or v != v else f"{100 * v:7.2f}" for v in row))
     return "\n".join(lines)
 
 
@@ -30,8 +31,12 @@ def print_summary(result: dict[str, Any]) -> None:
     print(f"\n{result['scenario']} / {result['strategy']} / seed {result['seed']}  [{result['status']}]")
     print("accuracy matrix (%, row: after training on experience i; column: test split of j)")
     print(format_matrix(result["accuracy_matrix"]))
+    undefined = result.get("undefined_metrics") or {}
     for key, value in result["metrics"].items():
-        print(f"  {key:<16} {100 * value:7.2f}")
+        if value is not None:  # None: undefined in this setting (cl/fwt outside domain-IL) or nothing left to ask
+            print(f"  {key:<16} {100 * value:7.2f}")
+    for key, reason in undefined.items():
+        print(f"  {key:<16} not reported: {reason}")
     if result.get("run_dir"):
         print(f"results in {result['run_dir']}")
 
@@ -41,6 +46,6 @@ def compare_table(run_dirs: list[str]) -> str:
     rows.append("|" + "---|" * (4 + len(HEADLINE)))
     for d in run_dirs:
         m = load_metrics(d)
-        vals = [f"{100 * m['metrics'][k]:.2f}" if k in m["metrics"] else "–" for k in HEADLINE]
+        vals = [f"{100 * m['metrics'][k]:.2f}" if m["metrics"].get(k) is not None else "–" for k in HEADLINE]
         rows.append(f"| {Path(d).name} | {m['scenario']} | {m['strategy']} | {m['seed']} | " + " | ".join(vals) + " |")
     return "\n".join(rows)

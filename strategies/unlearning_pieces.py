@@ -81,7 +81,7 @@ def accuracy_on(strategy, data: TensorData | None, n: int = 512) -> float | None
         return None
     was = strategy.training
     strategy.eval()
-    dev = strategy.head.weight.device
+    dev = strategy.device
     x, y, t = data.x[:n].to(dev), data.y[:n].to(dev), data.task[:n].to(dev)
     acc = float((strategy(x, t).argmax(1) == y).float().mean())
     strategy.train(was)
