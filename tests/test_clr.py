@@ -142,3 +142,25 @@ def test_forgetting_a_whole_task_is_exact_retraining(make_cfg):
         )
     )[1]
     assert not rotation.can_forget_exactly(forget)
+
+
+def test_exact_unlearning_is_not_counted_as_forgetting(make_cfg):
+    """learn task 0, learn task 1, forget task 0 (exactly), learn task 2: task 0 leaves the CL matrix from the
+    request on, so CLR's CL forgetting stays exactly 0; the all-classes matrix would count the request."""
+    result = run(
+        make_cfg(
+            *DIGITS,
+            "strategy.anchor=random",
+            "scenario=unlearning_digits",
+            "scenario.base.setting=task",
+            "scenario.base.n_experiences=5",
+            "scenario.requests=[{after: 1, type: experience, experience: 0}]",
+        )
+    )
+    R, R_all = np.asarray(result["accuracy_matrix"], dtype=float), np.asarray(result["accuracy_matrix_all_classes"])
+    assert result["forget_requests"][0]["answer"] == "exact" and result["removed_classes"] == [0, 1]
+    assert np.isnan(R[:, 0]).all() and not np.isnan(R[:, 1:]).any()
+    assert result["metrics"]["cl/forgetting"] == 0.0 and result["metrics"]["cl/bwt"] == 0.0
+    assert result["metrics"]["cl/avg_acc"] == pytest.approx(R[-1, 1:].mean())
+    assert R_all[0, 0] > 0.7 and R_all[-1, 0] < R_all[0, 0] - 0.15  # after the request task 0 is near chance
+    assert result["metrics"]["cl/fwt"] is None and "masked" in result["undefined_metrics"]["cl/fwt"]
