@@ -10,7 +10,7 @@ and the standard supervised loss. A method overrides only what it changes:
 - :meth:`unlearn` — answer a forget request (``forget_exactly`` for methods that can, else the unlearner);
 - :meth:`state_for_checkpoint` / :meth:`load_checkpoint_state` — state beyond ``state_dict()``.
 
-Contracts (docs/architecture.md): sample stores are declared with :meth:`register_store` (checkpointed
+Contracts (docs/contracts.md): sample stores are declared with :meth:`register_store` (checkpointed
 and purged by the base class / runner), :meth:`log_likelihood` is the one per-sample likelihood every
 unlearning method uses, :meth:`frozen_copy` is the reference model, and :attr:`capabilities` says which
 settings and forget requests a method supports (checked before a run writes anything).
