@@ -41,11 +41,12 @@ def _label(m: dict) -> str:
 
 def plot_accuracy_matrix(m: dict, path: Path) -> Path:
     plt = _pyplot()
-    R = 100 * np.asarray(m["accuracy_matrix"])
+    R = 100 * np.asarray(m["accuracy_matrix"], dtype=float)  # null (a column no longer asked) -> NaN
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * R.shape[1], 1.0 + 0.7 * R.shape[0]))
     im = ax.imshow(R, vmin=0, vmax=100, cmap="viridis")
     for (i, j), v in np.ndenumerate(R):
-        ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w" if v < 60 else "k", fontsize=8)
+        label = "forgotten" if np.isnan(v) else f"{v:.1f}"
+        ax.text(j, i, label, ha="center", va="center", color="k" if np.isnan(v) or v >= 60 else "w", fontsize=8)
     ax.set_xlabel("evaluated on experience")
     ax.set_ylabel("after training on experience")
     ax.set_xticks(range(R.shape[1]))
@@ -58,7 +59,7 @@ def plot_accuracy_matrix(m: dict, path: Path) -> Path:
 def plot_stability(m: dict, path: Path) -> Path:
     """Accuracy of each experience's test split over the stream, from when it was learned."""
     plt = _pyplot()
-    R = 100 * np.asarray(m["accuracy_matrix"])
+    R = 100 * np.asarray(m["accuracy_matrix"], dtype=float)  # null (a column no longer asked) -> NaN
     fig, ax = plt.subplots(figsize=(6, 4))
     for j in range(R.shape[1]):
         steps = np.arange(j, R.shape[0])
@@ -80,7 +81,7 @@ def plot_curves(runs: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for m in runs:
         for ax, key in zip(axes, ("cl/avg_acc", "cl/forgetting")):
-            ys = 100 * np.asarray(m["curves"].get(key, []))
+            ys = 100 * np.asarray(m["curves"].get(key, []), dtype=float)
             ax.plot(np.arange(len(ys)), ys, marker="o", label=_label(m))
     for ax, title in zip(axes, ("average accuracy (%)", "forgetting (%)")):
         ax.set_xlabel("after training on experience")

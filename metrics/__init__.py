@@ -6,8 +6,12 @@ from metrics.cl import (
     average_incremental_accuracy,
     backward_transfer,
     cl_summary,
+    curves,
     forgetting,
     forward_transfer,
+    fwt_undefined_reason,
+    retained_matrix,
+    undefined_metrics,
 )
 
 __all__ = [
@@ -16,8 +20,12 @@ __all__ = [
     "average_incremental_accuracy",
     "backward_transfer",
     "cl_summary",
+    "curves",
     "forgetting",
     "forward_transfer",
+    "fwt_undefined_reason",
+    "retained_matrix",
+    "undefined_metrics",
 ]
 from metrics import (
     retrieval_eval,  # noqa: E402,F401  (issue 5: registers the "retrieval" evaluator)
