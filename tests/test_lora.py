@@ -45,7 +45,11 @@ def test_new_adapter_is_a_no_op_and_only_lora_trains():
     assert trainable and all(".lora_" in n for n in trainable)
     assert sum(p.numel() for p in lora_parameters(vit, "default")) == 2 * 2 * ((16 + 48) + (16 + 16))
     vit.forward_features(x).sum().backward()
-    assert all(p.grad is not None for p in lora_parameters(vit, "default"))
+    # dW = B A with B = 0: the first gradient reaches B (nonzero) and not A (exactly zero)
+    for name, module in vit.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            assert torch.count_nonzero(module.lora_A["default"].grad) == 0, name
+            assert module.lora_B["default"].grad.abs().sum() > 0, name
 
 
 def test_add_lora_targets_fall_back_and_fail_clearly():

@@ -19,6 +19,7 @@ UNL = (
     "strategy.batch_size=32",
     "strategy.lr=0.05",
 )
+FINETUNE_DROP = 0.1  # measured: fine-tuning on retain only drops forget accuracy 1.00 -> 0.75 in 30 steps
 FAST_EVAL = "+evaluators=[{name: unlearning, relearn_max_steps: 30, max_eval: 200}]"
 
 
@@ -64,12 +65,13 @@ def _acc(strategy, data: TensorData) -> float:
 def test_every_unlearner_removes_the_forget_class(trained, name):
     cfg, stream, strategy, forget_exp = trained
     model = copy.deepcopy(strategy.cpu())
-    assert _acc(model, forget_exp.forget) > 0.9
+    before = _acc(model, forget_exp.forget)
+    assert before > 0.9
     kwargs = {"steps": 30, "lr": 0.01, "batch_size": 32, "eval_every": 10}
     UNLEARNERS.build({"name": name, **kwargs})(model, forget_exp)
     forget_acc = _acc(model, forget_exp.forget)
     if name == "finetune_retain":  # forgetting by interference only: must not increase and keeps retain
-        assert forget_acc <= 1.0 and _acc(model, forget_exp.retain) > 0.9
+        assert forget_acc < before - FINETUNE_DROP and _acc(model, forget_exp.retain) > 0.9
     else:
         assert forget_acc < 0.2, f"{name} left forget accuracy at {forget_acc:.2f}"
     if name in ("npo", "simnpo", "repnoise", "random_label", "finetune_retain"):
