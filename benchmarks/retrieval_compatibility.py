@@ -1,10 +1,10 @@
 """Issue 5 numbers: 5-step class-IL retrieval (AC / AM) for naive, replay, CoReS, CL2R (+ NMC),
 and NMC on a backbone pretrained on disjoint classes vs fine-tuning and replay.
 
-    python benchmarks/retrieval_issue5.py retrieval --dataset mnist   # preset retrieval_split_mnist
-    python benchmarks/retrieval_issue5.py retrieval --dataset cifar10 # preset retrieval_split_cifar10
-    python benchmarks/retrieval_issue5.py nmc                         # pretrain MNIST 0-4, stream 5-9
-    python benchmarks/retrieval_issue5.py nmc-cost                    # NMC update vs one feature pass
+    python benchmarks/retrieval_compatibility.py retrieval --dataset mnist   # preset retrieval_split_mnist
+    python benchmarks/retrieval_compatibility.py retrieval --dataset cifar10 # preset retrieval_split_cifar10
+    python benchmarks/retrieval_compatibility.py nmc                         # pretrain MNIST 0-4, stream 5-9
+    python benchmarks/retrieval_compatibility.py nmc-cost                    # NMC update vs one feature pass
 
 Each run is the same as ``clframe run experiment=<preset> strategy=<name> seed=<s>``; results
 go to ``--runs`` and a markdown table is printed (and written with ``--out``).
@@ -163,7 +163,7 @@ def main() -> None:
     p.add_argument("--dataset", choices=sorted(PRESETS), default="mnist")
     p.add_argument("--strategies", nargs="+", default=["naive", "replay", "cores", "cl2r"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--runs", default="runs/issue5")
+    p.add_argument("--runs", default="runs/retrieval")
     p.add_argument("--extra", nargs="*", default=[], help="more config overrides, e.g. trainer.max_epochs=1")
     p.add_argument("--out", default=None)
     args = p.parse_args()

@@ -1,9 +1,9 @@
 """Issue 6 numbers: CLR and HyperInterval vs naive / EWC / LwF (reduced CPU protocols).
 
-    OMP_NUM_THREADS=1 nice python benchmarks/issue6.py [overhead|clr|hi_split|hi_perm|cifar ...]
+    OMP_NUM_THREADS=1 nice python benchmarks/architecture_methods.py [overhead|clr|hi_split|hi_perm|cifar ...]
 
 Each run is an ordinary ``clframe run`` config (presets in experiments/experiment/); results go to
-runs/issue6/<group>/<label>/ (complete runs there are read back instead of repeated) and a
+runs/architecture_methods/<group>/<label>/ (complete runs there are read back instead of repeated) and a
 markdown table is printed per group.
 """
 
@@ -116,10 +116,10 @@ def main(groups: list[str]) -> None:
         rows = []
         for label, overrides in GROUPS[group]:
             slug = label.replace(" ", "_").replace(":", "").replace("(", "").replace(")", "")
-            done = Path(f"runs/issue6/{group}/{slug}/metrics.json")
+            done = Path(f"runs/architecture_methods/{group}/{slug}/metrics.json")
             res = json.loads(done.read_text()) if done.is_file() else {}
             if res.get("status") != "complete":  # finished runs are read back, not repeated
-                res = run(compose([*COMMON, f"run_dir=runs/issue6/{group}/{slug}", *overrides]))
+                res = run(compose([*COMMON, f"run_dir=runs/architecture_methods/{group}/{slug}", *overrides]))
             m = res["metrics"]
             rows.append(
                 f"| {label} | {100 * m['cl/avg_acc']:.2f} | {100 * m['cl/forgetting']:.2f} | "
