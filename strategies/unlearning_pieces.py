@@ -42,6 +42,26 @@ def gaussian_mmd(x: Tensor, y: Tensor, bandwidths: tuple[float, ...] = (0.5, 1.0
     return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
 
 
+def repnoise_mmd(x: Tensor, y: Tensor, kernel_mul: float = 2.0, kernel_num: int = 5, eps: float = 1e-12) -> Tensor:
+    """Squared MMD (biased V-statistic) with the kernel of the RepNoise authors' code (Rosati et al. 2024,
+    ``representation_noising/loss.py``, ``MMD_loss``): a sum of ``kernel_num`` Gaussian kernels
+    ``exp(-||a - b||^2 / s_i)`` on raw squared Euclidean distances (no division by the dimension), whose
+    bandwidths ``s_i = s * kernel_mul**(i - kernel_num // 2)`` are centred on ``s`` = the mean squared
+    distance over all distinct pairs of the pooled sample ``[x; y]``, taken without gradient (the
+    authors read ``.data``). ``mean(K_xx) + mean(K_yy) - 2 mean(K_xy)``; for ``len(x) == len(y)``
+    this equals the authors' ``mean(XX + YY - XY - YX)``. ``eps`` only guards a sample of identical
+    points (zero mean distance). x: (n, d), y: (m, d)."""
+    z = torch.cat([x, y])
+    sq = z.pow(2).sum(1)
+    total = len(z)
+    d2 = (sq[:, None] + sq[None, :] - 2 * z @ z.T).clamp_min(0)  # Gram form: no (n, n, d) tensor
+    d2 = d2.masked_fill(torch.eye(total, dtype=torch.bool, device=z.device), 0.0)
+    s = (d2.detach().sum() / max(1, total * total - total)).clamp_min(eps)
+    k = sum(torch.exp(-d2 / (s * kernel_mul ** (i - kernel_num // 2))) for i in range(kernel_num))
+    n = len(x)
+    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
+
+
 # ---------------------------------------------------------------- representation helpers
 def activation_layers(module: nn.Module) -> list[str]:
     """Names of the activation modules (ReLU, GELU, ...) in ``module``: the layers used for CKA and RepNoise."""
@@ -57,6 +77,34 @@ def capture(module: nn.Module, names: list[str]):
     if missing:
         raise ConfigError("layers", missing, sorted(n for n in mods if n))
     hooks = [mods[n].register_forward_hook(lambda _m, _i, out, n=n: acts.__setitem__(n, out.flatten(1))) for n in names]
+    try:
+        yield acts
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@contextmanager
+def capture_io(module: nn.Module, names: list[str]):
+    """Record ``(input, output)`` of the named sub-modules, unflattened, during the forward passes inside:
+    ``acts[name]`` is a list with one pair per call (a strategy may call a layer more than once per
+    forward, e.g. once per task group). The input is cloned before the module runs, so an in-place
+    activation cannot overwrite it; both keep their autograd graph."""
+    acts: dict[str, list[tuple[Tensor, Tensor]]] = {n: [] for n in names}
+    pending: dict[str, Tensor] = {}
+    mods = dict(module.named_modules())
+    missing = [n for n in names if n not in mods]
+    if missing:
+        raise ConfigError("layers", missing, sorted(n for n in mods if n))
+
+    def pre(name):
+        return lambda _m, inp: pending.__setitem__(name, inp[0].clone())
+
+    def post(name):
+        return lambda _m, _i, out: acts[name].append((pending.pop(name), out))
+
+    hooks = [mods[n].register_forward_pre_hook(pre(n)) for n in names]
+    hooks += [mods[n].register_forward_hook(post(n)) for n in names]
     try:
         yield acts
     finally:
