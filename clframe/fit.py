@@ -8,9 +8,21 @@ would need ``fabric.launch()`` and rank-0-only result writing, not built yet). `
 runs the same experience through ``Trainer.fit`` instead (Lightning callbacks, profilers);
 a test checks that both engines give identical weights.
 
-The Fabric loop calls the LightningModule hooks a strategy may override: ``on_fit_start``,
-``on_train_epoch_start``, ``on_train_batch_start``, ``training_step``, ``on_train_batch_end``,
-``on_train_epoch_end``, ``on_fit_end``.
+Both engines call the same LightningModule hooks, in the order and with the arguments of
+``Trainer.fit`` (automatic optimisation, one optimiser; a test records both sequences):
+``setup("fit")``, ``configure_model``, ``configure_optimizers`` (any form Lightning accepts; LR
+schedulers with ``interval`` "step"/"epoch" and ``frequency`` step where Lightning steps them, through
+``lr_scheduler_step``), ``on_fit_start``, ``on_train_start``; per epoch ``on_train_epoch_start``; per
+batch ``on_before_batch_transfer``, ``transfer_batch_to_device``, ``on_after_batch_transfer``,
+``on_train_batch_start(batch, i)`` (-1 skips the rest of the epoch), then on the batch that completes an
+accumulation window ``optimizer_step(epoch, i, optimizer, closure)`` whose closure runs ``training_step``,
+``on_before_zero_grad`` + ``optimizer_zero_grad`` (first batch of a window only), ``on_before_backward(loss)``,
+``backward``, ``on_after_backward``, then ``on_before_optimizer_step(optimizer)`` and gradient clipping;
+other batches run the closure's part without the step; then ``on_train_batch_end({"loss": loss}, batch, i)``
+(the loss divided by ``accumulate_grad_batches``, as Lightning passes it); ``on_train_epoch_end``;
+``on_train_end``, ``on_fit_end``, ``teardown("fit")``. Lightning-engine only: callbacks,
+``configure_callbacks``, ``prepare_data``, ``configure_gradient_clipping`` (Fabric clips itself with
+``trainer.gradient_clip_val`` / ``gradient_clip_algorithm``), ReduceLROnPlateau, manual optimisation.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -29,7 +42,8 @@ ENGINES = ["fabric", "lightning"]
 # trainer.* keys the Fabric engine understands (the Lightning engine passes all keys to Trainer)
 FABRIC_KEYS = {
     "engine", "max_epochs", "max_steps", "accelerator", "devices", "num_nodes", "strategy", "precision",
-    "log_every_n_steps", "gradient_clip_val", "accumulate_grad_batches", "deterministic", "limit_train_batches",
+    "log_every_n_steps", "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches", "deterministic",
+    "limit_train_batches",
 }  # fmt: skip
 
 
@@ -45,6 +59,8 @@ def trainer_options(cfg: DictConfig) -> dict[str, Any]:
                 raise ConfigError(
                     f"trainer.{key}", opts[key], sorted(FABRIC_KEYS), hint="or set trainer.engine=lightning"
                 )
+        if opts.get("gradient_clip_algorithm") not in (None, "norm", "value"):
+            raise ConfigError("trainer.gradient_clip_algorithm", opts["gradient_clip_algorithm"], ["norm", "value"])
         devices = opts.get("devices", 1)
         single = devices in (1, "1") or (isinstance(devices, list) and len(devices) == 1)
         if not single or int(opts.get("num_nodes") or 1) > 1:
@@ -121,36 +137,79 @@ def _fit_fabric(strategy, loader, opts, bar, logger, step_offset) -> int:
         torch.use_deterministic_algorithms(True, warn_only=True)
     every = int(opts.get("log_every_n_steps") or 0)
     accumulate = int(opts.get("accumulate_grad_batches") or 1)
-    clip = opts.get("gradient_clip_val")
+    clip, clip_by = opts.get("gradient_clip_val"), opts.get("gradient_clip_algorithm") or "norm"
     n_batches = batches_per_epoch(len(loader), opts)
     total = planned_steps(len(loader), opts)
     strategy.step_in_experience, strategy.steps_per_experience = 0, total
+    strategy.setup(stage="fit")
+    strategy.configure_model()
     module = fabric.setup_module(strategy)
-    optimizer = fabric.setup_optimizers(strategy.configure_optimizers())
+    # under Fabric, LightningModule.trainer is Lightning's shim over the Fabric object: this makes
+    # self.trainer.estimated_stepping_batches (Strategy.on_train_start, OneCycleLR, ...) read as under Trainer.fit
+    fabric.estimated_stepping_batches = total
+    optimizer, schedulers = _optimizer_and_schedulers(strategy, fabric)
+    raw = optimizer.optimizer  # the hooks receive the torch optimiser, as under Trainer.fit
+    precision = fabric.strategy.precision
+    scaler = getattr(precision, "scaler", None)  # fp16 GradScaler (CUDA): it refuses optimizer.step(closure)
+    stepper = _StepAfterClosure(optimizer) if scaler is not None else optimizer
     strategy.train()
     strategy.on_fit_start()
+    strategy.zero_grad()
+    strategy.on_train_start()
     progress = _progress(bar, total, strategy)
-    step, epoch, epochs = 0, 0, max_epochs(opts)
+    step, epoch, epochs, loss = 0, 0, max_epochs(opts), None
     while epoch < epochs and step < total:
-        epoch += 1
         strategy.on_train_epoch_start()
         for i, batch in enumerate(loader):
             if i >= n_batches:
                 break
+            batch = strategy.on_before_batch_transfer(batch, 0)
             batch = strategy.transfer_batch_to_device(batch, fabric.device, 0)
-            strategy.on_train_batch_start(batch, i)
-            loss = module.training_step(batch, i)
-            fabric.backward(loss / accumulate if accumulate > 1 else loss)
-            if (i + 1) % accumulate and i + 1 < n_batches:
-                continue
-            if clip:
-                fabric.clip_gradients(module, optimizer, max_norm=float(clip))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            strategy.on_train_batch_end(loss, batch, i)
-            step += 1
-            strategy.step_in_experience = step
-            if every and (step % every == 0 or step == total):
+            batch = strategy.on_after_batch_transfer(batch, 0)
+            last = i + 1 == n_batches
+            if strategy.on_train_batch_start(batch, i) == -1:  # -1: skip the rest of the epoch (as Lightning)
+                _step_schedulers(strategy, schedulers, "step", i + 1)
+                _step_schedulers(strategy, schedulers, "epoch", epoch + 1)
+                break
+            result: dict[str, Any] = {}
+
+            def closure(batch=batch, i=i, result=result, step=step, epoch=epoch):  # training_step, zero_grad, backward
+                strategy.step_in_experience = step  # steps before this batch, set where Lightning sets it
+                out = module.training_step(batch, i)
+                result["loss"] = out["loss"] if isinstance(out, Mapping) else out
+                if i % accumulate == 0:  # first batch of an accumulation window
+                    strategy.on_before_zero_grad(raw)
+                    strategy.optimizer_zero_grad(epoch, i, raw)
+                scaled = result["loss"] / accumulate
+                strategy.on_before_backward(scaled)
+                strategy.backward(scaled)
+                strategy.on_after_backward()
+                extra = {k: v for k, v in out.items() if k != "loss"} if isinstance(out, Mapping) else {}
+                result["outputs"] = {"loss": scaled.detach().clone(), **extra}
+                return result["outputs"]["loss"]
+
+            stepping = (i + 1) % accumulate == 0 or last
+            if stepping:
+
+                def step_closure(closure=closure):  # then the pre-step hook and clipping, inside optimizer.step
+                    value = closure()
+                    if scaler is not None:
+                        precision.unscale_gradients(raw)  # the hook and clipping see true gradients
+                    strategy.on_before_optimizer_step(raw)
+                    if clip:
+                        _clip(precision.main_params(raw), float(clip), clip_by)
+                    return value
+
+                strategy.optimizer_step(epoch, i, stepper, step_closure)
+                step += 1
+                _step_schedulers(strategy, schedulers, "step", i + 1)
+            else:
+                closure()
+            if last:
+                _step_schedulers(strategy, schedulers, "epoch", epoch + 1)
+            loss = result["loss"].detach()
+            strategy.on_train_batch_end(result["outputs"], batch, i)
+            if stepping and every and (step % every == 0 or step == total):
                 value = strategy.finite_loss(loss, step)  # checked at log points: no per-step sync
                 progress(step, value)
                 if logger is not None:
@@ -158,12 +217,66 @@ def _fit_fabric(strategy, loader, opts, bar, logger, step_offset) -> int:
             if step >= total:
                 break
         strategy.on_train_epoch_end()
+        epoch += 1
     _keep_optimizer_state(strategy, optimizer)
-    if step:
+    if loss is not None:
         strategy.finite_loss(loss, step)
     progress(None, None)
+    strategy.on_train_end()
     strategy.on_fit_end()
+    strategy.teardown(stage="fit")
     return step
+
+
+def _optimizer_and_schedulers(strategy, fabric):
+    """``configure_optimizers()`` read by Lightning's own parser (an optimiser, ``([opt], [sched])``, a dict
+    with ``lr_scheduler``, ...): the Fabric-wrapped optimiser and the scheduler configs (interval, frequency)."""
+    from lightning.pytorch.core.optimizer import _configure_optimizers, _configure_schedulers_automatic_opt
+
+    optimizers, schedulers, monitor = _configure_optimizers(strategy.configure_optimizers())
+    configs = _configure_schedulers_automatic_opt(schedulers, monitor)
+    if len(optimizers) != 1 or not strategy.automatic_optimization or any(c.reduce_on_plateau for c in configs):
+        raise ConfigError(
+            "trainer.engine",
+            "fabric",
+            ["lightning"],
+            hint=f"{type(strategy).__name__}: the fabric engine runs one optimiser with automatic optimisation"
+            " and no ReduceLROnPlateau (it monitors logged metrics)",
+        )
+    return fabric.setup_optimizers(optimizers[0]), configs
+
+
+def _step_schedulers(strategy, configs, interval: str, index: int) -> None:
+    """Lightning's rule: a scheduler of this ``interval`` steps when ``index % frequency == 0``; ``index`` is
+    the 1-based batch index within the epoch for ``"step"`` (so accumulation counts batches), the epoch for
+    ``"epoch"``."""
+    for config in configs:
+        if config.interval == interval and index % config.frequency == 0:
+            strategy.lr_scheduler_step(config.scheduler, None)
+
+
+def _clip(params, value: float, algorithm: str) -> None:
+    """Gradient clipping as Lightning's precision plugins do it (norm: total 2-norm; value: element-wise)."""
+    if algorithm == "value":
+        torch.nn.utils.clip_grad_value_(params, value)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, value)
+
+
+class _StepAfterClosure:
+    """The optimiser the ``optimizer_step`` hook gets under a GradScaler, which refuses ``step(closure)``:
+    ``step(closure)`` runs the closure, then the scaled step (what Lightning's MixedPrecision plugin does)."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def step(self, closure=None):
+        value = closure() if closure is not None else None
+        self.optimizer.step()
+        return value
+
+    def __getattr__(self, name):
+        return getattr(self.optimizer, name)
 
 
 def _keep_optimizer_state(strategy, optimizer) -> None:

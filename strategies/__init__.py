@@ -15,9 +15,11 @@ from strategies import (  # noqa: F401  (registers strategies)  # noqa: F401  (i
     l2,
     lora_finetune,
     lwf,
+    mas,
     naive,
     nmc,
     replay,
     repnoise,
+    si,
     unlearning,
 )
