@@ -15,7 +15,10 @@ class EWC(Strategy):
     that mattered for earlier experiences (diagonal Fisher ``F_t``) near their values ``theta*_t``.
     ``online=True`` keeps one running Fisher ``F = gamma F + F_t`` anchored at the latest parameters."""
 
-    derived_state = {"anchors": "kept: the Fisher and anchor weights of earlier experiences saw the forgotten samples"}
+    derived_state = {
+        "anchors": "anchor weights refreshed: the unlearned weights (the old anchors were trained on the forgotten"
+        " samples and would pull the model back to them); the Fisher information of earlier experiences is kept"
+    }
 
     def __init__(
         self,
@@ -48,6 +51,10 @@ class EWC(Strategy):
             fisher = {k: self.gamma * old[k] + f for k, f in fisher.items()}
             self.anchors = []
         self.anchors.append((fisher, theta))
+
+    def after_forget(self, exp):
+        self.anchors = [(fisher, {k: p.detach().clone() for k, p in self.named_parameters() if k in fisher})
+                        for fisher, _ in self.anchors]  # fmt: skip
 
     def on_fit_start(self):
         self.anchors = [tuple({k: v.to(self.device) for k, v in d.items()} for d in pair) for pair in self.anchors]

@@ -10,7 +10,10 @@ from clframe.strategy import Strategy
 class L2Anchor(Strategy):
     """Cross-entropy plus ``lam/2 * ||theta - theta_prev||^2`` (theta_prev: weights after the last experience)."""
 
-    derived_state = {"anchor": "kept: the weights after the last experience were trained with the forgotten samples"}
+    derived_state = {
+        "anchor": "refreshed: the unlearned weights (the old anchor was trained on the forgotten samples and"
+        " would pull the model back to them)"
+    }
 
     def __init__(self, *args, lam: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -26,6 +29,8 @@ class L2Anchor(Strategy):
 
     def after_experience(self, exp):
         self.anchor = {k: p.detach().clone() for k, p in self.named_parameters()}
+
+    after_forget = after_experience  # re-anchor at the unlearned weights (see derived_state)
 
     def state_for_checkpoint(self):  # resume needs the anchor
         return {"anchor": self.anchor}
