@@ -1,4 +1,4 @@
-"""Issue 7 benchmark: DESIRE vs LoRA baselines / NMC / ablations on split CIFAR-10 (reduced CPU protocol).
+"""DESIRE vs LoRA baselines / NMC / ablations on split CIFAR-10 (reduced CPU protocol).
 
 For each pretraining variant (``disjoint``: preset desire_cifar10, pretrain on classes 0-3;
 ``overlap``: preset desire_cifar10_leakage, pretrain on 6-9 which the stream contains) the first
@@ -7,7 +7,7 @@ same backbone (``pretrain.path``), so all methods start from identical weights. 
 normal ``clframe run``; the table is written to ``--out`` (markdown) and ``<out>.json``.
 Restartable: a method whose run directory already holds a complete metrics.json is not re-run.
 
-    python benchmarks/desire_cifar10.py [--runs runs/issue7] [--out benchmarks/desire_cifar10.md] [--quick]
+    python benchmarks/desire_cifar10.py [--runs runs/desire_cifar10] [--out benchmarks/desire_cifar10.md] [--quick]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ METHODS = {  # label -> overrides on top of the preset (most important first: th
     "sequential LoRA fine-tuning": ["strategy=lora_finetune"],
     "LoRA + refinement only": ["strategy=lora_refine"],
     "DESIRE w/o consolidation": ["strategy=desire", "strategy.consolidate=false"],
+    "DESIRE, per-sample feature consolidation": ["strategy=desire", "strategy.consolidation_loss=features"],
     "DESIRE w/o refinement": ["strategy=desire", "strategy.refine=false"],
     "joint LoRA (upper bound)": ["strategy=lora_joint"],
 }
@@ -48,7 +49,7 @@ def main() -> None:
     from clframe.runner import run
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", default="runs/issue7")
+    ap.add_argument("--runs", default="runs/desire_cifar10")
     ap.add_argument("--out", default="benchmarks/desire_cifar10.md")
     ap.add_argument("--quick", action="store_true", help="1 epoch everywhere (smoke test of the script)")
     ap.add_argument("--methods", nargs="*", default=None, help="only these labels (e.g. to re-time two methods)")
@@ -61,7 +62,7 @@ def main() -> None:
         for label in labels:
             if args.methods and label not in args.methods:
                 continue
-            run_dir = Path(args.runs) / variant / re.sub(r"[^A-Za-z0-9_+-]", "", label.split(",")[0].replace(" ", "_"))
+            run_dir = Path(args.runs) / variant / re.sub(r"[^A-Za-z0-9_+-]", "", label.replace(" ", "_"))
             overrides = [f"experiment={preset}", *METHODS[label], f"run_dir={run_dir}", *base]
             if pretrained is not None:
                 overrides.append(f"pretrain.path={pretrained}")

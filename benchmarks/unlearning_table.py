@@ -151,6 +151,12 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="benchmarks/results/unlearning")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of methods not in --methods from the existing <out>/<dataset>.json (same protocol "
+        "and seed); the recomputed 'original' / 'oracle' rows must equal the stored ones",
+    )
     args = parser.parse_args(argv)
     import torch
 
@@ -163,6 +169,8 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report, dump = [f"## {args.dataset}: every method vs the retrain oracle (seed {args.seed})\n"], {}
+    name = args.dataset if set(args.requests) == set(REQUESTS) else f"{args.dataset}_{'_'.join(args.requests)}"
+    stored = json.loads((out / f"{name}.json").read_text()) if args.merge else {}
     eval_kwargs = {
         "oracle_cache": str(out / ".oracle_cache"),
         "relearn_max_steps": 200,
@@ -194,12 +202,19 @@ def main(argv=None) -> None:
             rows[method], curves[method] = row(e, "unlearn"), e.get("unlearn/curve", [])
             oracle, original = row(e, "oracle"), row(e, "original")
             print(f"{args.dataset} {req} {method}: {time.perf_counter() - t0:.0f}s", rows[method], flush=True)
+        if args.merge:  # same learning, same oracle: the stored rows of the other methods still hold
+            old = stored[req]
+            for key, new in (("original (before)", original), ("oracle", oracle)):
+                if old["rows"][key] != new:
+                    raise SystemExit(f"--merge: the {key} row differs from {name}.json: {old['rows'][key]} vs {new}")
+            keep = [m for m in old["curves"] if m not in rows]
+            rows = {m: rows.get(m, old["rows"].get(m)) for m in [*METHODS, *keep] if m in rows or m in keep}
+            curves = {m: curves.get(m, old["curves"].get(m)) for m in rows}
         rows = {"original (before)": original, **rows, "oracle": oracle}
         dump[req] = {"rows": rows, "curves": curves}
         report.append(f"### request: {req}\n\n{table(rows)}\n")
         plot_oracle_bars(dict(rows), out / f"{args.dataset}_{req}_bars.png")
         plot_curves(curves, out / f"{args.dataset}_{req}_curves.png", oracle, f"{args.dataset}: {req}")
-        name = args.dataset if set(args.requests) == set(REQUESTS) else f"{args.dataset}_{'_'.join(args.requests)}"
         atomic_write_text(out / f"{name}.md", "\n".join(report))  # after every request: nothing is lost
         atomic_write_text(out / f"{name}.json", json.dumps(dump, indent=1))
     print("\n".join(report))

@@ -12,9 +12,10 @@ from clframe.errors import ConfigError
 from clframe.lora import add_lora, lora_layers, set_coef
 from clframe.registry import register_strategy
 from clframe.strategy import MASK_VALUE, Strategy
-from strategies.feature_stats import ClassGaussians, extract_features, refine_head
+from strategies.feature_stats import ClassGaussians, consolidation_kl, extract_features, refine_head
 
 OLD, NEW = "old", "new"
+CONSOLIDATION_LOSSES = ("gaussian", "features")
 
 
 @register_strategy("desire")
@@ -22,12 +23,30 @@ class DESIRE(Strategy):
     """Per experience, a fresh LoRA set ``new`` is trained on the frozen base weights with plain
     cross-entropy over the new classes only (no anti-forgetting term). Afterwards it is merged
     with the consolidated set ``old`` (only these two sets exist): ``dW = a_l dW_old + b_l dW_new``
-    per layer ``l``; with ``consolidate`` the coefficients are learned so that merged features of
-    the current data stay close to both the new model's and the old model's (weight ``stability``,
-    ``"auto"`` = #old / #new classes), and the stored old-class means are moved by the measured
-    feature drift. Per-class feature Gaussians (no images) are then updated and, with ``refine``,
-    the head is retrained on features sampled from all seen classes' Gaussians.
-    ``merge=False`` keeps one LoRA set trained sequentially (the "LoRA + refinement" baseline)."""
+    per layer ``l``; with ``consolidate`` the coefficients are learned on the per-class feature
+    Gaussians (``consolidation_loss="gaussian"``): the merged model's Gaussians of the new classes
+    should match the new model's (KL) and the stored old-class Gaussians should not drift (KL of the
+    drift-transported Gaussian, weight ``stability``, ``"auto"`` = #old / #new classes, i.e. every
+    class weighs the same); ``"features"`` (ablation) matches per-sample features of the current data
+    to both models instead (see docs/methods.md#desire: our reconstruction, the paper's loss is not
+    public). The stored old-class means are then moved by the measured feature drift. Per-class feature
+    Gaussians (no images) are then updated and, with ``refine``, the head is retrained on features
+    sampled from all seen classes' Gaussians.
+    ``merge=False`` keeps one LoRA set trained sequentially (the "LoRA + refinement" baseline).
+
+    Forget requests (answered by the configured unlearner): :meth:`after_forget` drops the Gaussians of
+    the request's ``removed_classes``, so no later refinement samples them; see :attr:`derived_state`."""
+
+    derived_state = {
+        "class_gaussians": (
+            "removed classes dropped (no later head refinement samples them); the Gaussians of classes that keep"
+            " samples are kept as computed, with the forgotten samples and the model before unlearning"
+        ),
+        "lora_sets": (
+            "kept: the merged 'old' LoRA set and its merge coefficients were trained on the forgotten samples"
+            " (only the unlearner changes them)"
+        ),
+    }
 
     def __init__(
         self,
@@ -43,6 +62,7 @@ class DESIRE(Strategy):
         consolidation_steps: int = 20,
         consolidation_lr: float = 0.05,
         consolidation_samples: int = 128,
+        consolidation_loss: str = "gaussian",
         covariance: str = "full",
         shrink: float = 1e-3,
         refine_samples: int = 256,
@@ -53,10 +73,13 @@ class DESIRE(Strategy):
         super().__init__(*args, **kwargs)
         if stability != "auto" and float(stability) < 0:
             raise ConfigError("strategy.stability", stability, "'auto' or a non-negative number")
+        if consolidation_loss not in CONSOLIDATION_LOSSES:
+            raise ConfigError("strategy.consolidation_loss", consolidation_loss, CONSOLIDATION_LOSSES)
         self.lora = {"rank": rank, "alpha": alpha, "targets": None if targets is None else tuple(targets)}
         self.merged_rank = merged_rank or 2 * rank
         self.merge, self.consolidate, self.refine, self.stability = merge, consolidate, refine, stability
         self.steps, self.cons_lr, self.cons_samples = consolidation_steps, consolidation_lr, consolidation_samples
+        self.cons_loss = consolidation_loss
         self.stats = ClassGaussians(covariance, shrink)
         self.refine_samples, self.refine_epochs, self.refine_lr = refine_samples, refine_epochs, refine_lr
         self.n_merged = 0  # experiences folded into the "old" set
@@ -110,7 +133,7 @@ class DESIRE(Strategy):
             probe = exp.train.subset(idx)
             f_old, f_new = self.features_with(probe, 1.0, 0.0), self.features_with(probe, 0.0, 1.0)
             if self.consolidate:
-                self.learn_coefficients(layers, probe, f_old, f_new)
+                self.learn_coefficients(layers, probe.x, self.consolidation_objective(exp, probe, f_old, f_new))
                 self.stats.shift_means(f_old, self.features_with(probe, None, None))
             else:
                 set_coef(self.backbone, OLD, 1.0)  # task arithmetic
@@ -128,24 +151,34 @@ class DESIRE(Strategy):
             set_coef(self.backbone, NEW, c_new)
         return extract_features(self, data)
 
-    def learn_coefficients(self, layers, probe, f_old, f_new) -> None:
-        """Dynamic representation consolidation: per-layer (a_l, b_l), initialised at 1 (task
-        arithmetic), minimise ``|f - f_new|^2 + stability * |f - f_old|^2`` on current data."""
+    def consolidation_objective(self, exp, probe, f_old, f_new):
+        """The loss of the merged features ``f`` of ``probe`` that the merge coefficients minimise."""
         n_old = int(self.seen.sum()) - len(self.new_classes)
         lam = n_old / max(len(self.new_classes), 1) if self.stability == "auto" else float(self.stability)
+        dev = self.head.weight.device
+        f_old, f_new = f_old.to(dev), f_new.to(dev)
+        if self.cons_loss == "features":  # per-sample feature matching to both models (ablation)
+            scale = f_new.pow(2).sum(1).mean().clamp_min(1e-8)
+            return lambda f: ((f - f_new).pow(2).sum(1).mean() + lam * (f - f_old).pow(2).sum(1).mean()) / scale
+        new_ref = ClassGaussians(self.stats.covariance, self.stats.shrink)  # new-only model, all current data
+        new_ref.update(self.features_with(exp.train, 0.0, 1.0), exp.train.y)
+        y = probe.y.to(dev)
+        return lambda f: consolidation_kl(f, y, new_ref, f_old, self.stats, stability=lam)
+
+    def learn_coefficients(self, layers, x, objective) -> None:
+        """Dynamic representation consolidation: per-layer (a_l, b_l), initialised at 1 (task
+        arithmetic), minimise ``objective(merged features of x)`` with Adam."""
         dev = self.head.weight.device
         coefs = torch.ones(len(layers), 2, device=dev, requires_grad=True)
         for i, layer in enumerate(layers):
             layer.coef.update({OLD: coefs[i, 0], NEW: coefs[i, 1]})
         opt = torch.optim.Adam([coefs], lr=self.cons_lr)
-        x, f_old, f_new = probe.x.to(dev), f_old.to(dev), f_new.to(dev)
-        scale = f_new.pow(2).sum(1).mean().clamp_min(1e-8)
+        x = x.to(dev)
         was_training, frozen = self.training, [p for p in self.parameters() if p.requires_grad]
         self.eval().requires_grad_(False)
         with torch.enable_grad():
             for _ in range(self.steps):
-                f = self.features(x)
-                loss = ((f - f_new).pow(2).sum(1).mean() + lam * (f - f_old).pow(2).sum(1).mean()) / scale
+                loss = objective(self.features(x))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -154,6 +187,9 @@ class DESIRE(Strategy):
             p.requires_grad_(True)
         for i, layer in enumerate(layers):
             layer.coef.update({OLD: float(coefs[i, 0].detach()), NEW: float(coefs[i, 1].detach())})
+
+    def after_forget(self, exp) -> None:
+        self.stats.drop(exp.removed_classes)
 
     def state_for_checkpoint(self) -> dict:
         return {

@@ -1,6 +1,7 @@
 """Per-class Gaussian feature statistics: a rehearsal-free memory of old classes.
 
-Used by DESIRE (decision-boundary refinement, drift calibration) and reusable by other
+Used by DESIRE (consolidation loss on class Gaussians, decision-boundary refinement, drift
+calibration) and reusable by other
 rehearsal-free methods that retrain a classifier on sampled pseudo-features (SLCA, FeCAM-style).
 Memory per class: ``d`` floats (mean) + ``d(d+1)/2`` (full covariance) or ``d`` (diagonal).
 """
@@ -28,6 +29,61 @@ def extract_features(strategy, data: TensorData, batch_size: int = 256) -> Tenso
     return out
 
 
+def class_moments(feats: Tensor, y: Tensor, covariance: str = "full") -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+    """Mean and unbiased covariance (``(d, d)``, or the ``(d,)`` diagonal) of each class in ``y``
+    (differentiable in ``feats``: DESIRE's consolidation loss is written on them)."""
+    means, covs = {}, {}
+    for c in torch.unique(y).tolist():
+        f = feats[y == c]
+        means[c] = f.mean(0)
+        cen, n = f - means[c], max(len(f) - 1, 1)
+        covs[c] = cen.T @ cen / n if covariance == "full" else cen.pow(2).sum(0) / n
+    return means, covs
+
+
+def drift_weights(means: Tensor, before: Tensor) -> Tensor:
+    """SDC proximity weights ``(C, N)``: softmax over samples of ``-|mu_c - f_i|^2 / mean_i |mu_c - f_i|^2``."""
+    d2 = torch.cdist(means, before).pow(2)
+    return torch.softmax(-d2 / d2.mean(1, keepdim=True).clamp_min(1e-12), dim=1)
+
+
+def gaussian_kl(mu0: Tensor, cov0: Tensor, mu1: Tensor, cov1: Tensor) -> Tensor:
+    """``KL(N(mu0, cov0) || N(mu1, cov1))``; covariances ``(d, d)`` (positive definite) or diagonal ``(d,)``."""
+    d, diff = len(mu0), mu1 - mu0
+    if cov0.dim() == 1:
+        return 0.5 * ((cov0 / cov1).sum() + (diff.pow(2) / cov1).sum() - d + cov1.log().sum() - cov0.log().sum())
+    l0, l1 = torch.linalg.cholesky(cov0), torch.linalg.cholesky(cov1)
+    trace = torch.linalg.solve_triangular(l1, l0, upper=False).pow(2).sum()  # tr(cov1^-1 cov0)
+    maha = torch.linalg.solve_triangular(l1, diff[:, None], upper=False).pow(2).sum()
+    logdet = 2 * (l1.diagonal().log().sum() - l0.diagonal().log().sum())
+    return 0.5 * (trace + maha - d + logdet)
+
+
+def consolidation_kl(
+    feats: Tensor, y: Tensor, new_ref: ClassGaussians, before: Tensor, old: ClassGaussians, *, stability: float
+) -> Tensor:
+    """DESIRE's consolidation objective on Gaussian class statistics (our reconstruction, see
+    docs/methods.md#desire): ``mean_{c new} KL(N_c(feats) || new_ref_c)`` (the merged model's class
+    Gaussians of the current data should be the new model's) ``+ stability * mean_{c old}
+    KL(N(mu_c + drift_c, S_c) || N(mu_c, S_c))`` = ``1/2 drift_c^T S_c^-1 drift_c`` (the stored old-class
+    Gaussians should stay valid; ``drift_c``: SDC-weighted displacement ``feats - before`` of the current
+    data). Both sides use ``new_ref``'s / ``old``'s covariance ridge."""
+    means, covs = class_moments(feats, y, new_ref.covariance)
+    plastic = torch.stack(
+        [gaussian_kl(means[c], covs[c] + new_ref.ridge(new_ref.covs[c]), *new_ref.regularised(c)) for c in means]
+    ).mean()
+    old_classes = [c for c in old.means if c not in means]
+    if not old_classes or stability == 0:
+        return plastic
+    mus = torch.stack([old.means[c] for c in old_classes]).to(feats)
+    drift = drift_weights(mus, before) @ (feats - before)
+    stable = []
+    for c, dc in zip(old_classes, drift, strict=True):
+        mu, cov = (t.to(feats) for t in old.regularised(c))
+        stable.append(gaussian_kl(mu + dc, cov, mu, cov))
+    return plastic + stability * torch.stack(stable).mean()
+
+
 class ClassGaussians:
     """Mean and covariance of the features of each class seen so far (no inputs are kept)."""
 
@@ -43,12 +99,25 @@ class ClassGaussians:
 
     def update(self, feats: Tensor, y: Tensor) -> None:
         """(Re)compute the statistics of every class present in ``y``."""
-        for c in torch.unique(y).tolist():
-            f = feats[y == c].double()
-            self.means[c] = f.mean(0).float()
-            cen = f - f.mean(0)
-            n = max(len(f) - 1, 1)
-            self.covs[c] = (cen.T @ cen / n).float() if self.covariance == "full" else (cen.pow(2).sum(0) / n).float()
+        means, covs = class_moments(feats.double(), y, self.covariance)
+        for c in means:
+            self.means[c], self.covs[c] = means[c].float(), covs[c].float()
+
+    def regularised(self, c: int) -> tuple[Tensor, Tensor]:
+        """Mean and ``cov + shrink * mean(diag) I`` of class ``c`` (what sampling and the KLs use)."""
+        return self.means[c], self.covs[c] + self.ridge(self.covs[c])
+
+    def ridge(self, cov: Tensor) -> Tensor:
+        """``shrink * mean(diag(cov)) I`` (as a matrix, or a vector for a diagonal ``cov``)."""
+        diag = cov.diagonal() if cov.dim() == 2 else cov
+        eps = self.shrink * diag.mean().clamp_min(1e-8)
+        return eps * torch.eye(len(diag), dtype=cov.dtype, device=cov.device) if cov.dim() == 2 else eps.expand_as(cov)
+
+    def drop(self, classes) -> None:
+        """Forget the statistics of ``classes`` (absent ones are ignored)."""
+        for c in classes:
+            self.means.pop(int(c), None)
+            self.covs.pop(int(c), None)
 
     def shift_means(self, before: Tensor, after: Tensor) -> None:
         """Semantic drift compensation (Yu et al. 2020): move each stored mean by the
@@ -56,9 +125,7 @@ class ClassGaussians:
         if not self.means:
             return
         mus = torch.stack(list(self.means.values())).to(before)
-        d2 = torch.cdist(mus, before).pow(2)  # (C, N)
-        w = torch.softmax(-d2 / d2.mean(1, keepdim=True).clamp_min(1e-12), dim=1)
-        shifted = mus + w @ (after - before)
+        shifted = mus + drift_weights(mus, before) @ (after - before)
         for c, m in zip(self.means, shifted, strict=True):
             self.means[c] = m.to(self.means[c])
 
