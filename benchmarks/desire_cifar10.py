@@ -7,7 +7,7 @@ same backbone (``pretrain.path``), so all methods start from identical weights. 
 normal ``clframe run``; the table is written to ``--out`` (markdown) and ``<out>.json``.
 Restartable: a method whose run directory already holds a complete metrics.json is not re-run.
 
-    python benchmarks/desire_cifar10.py [--runs runs/desire_cifar10] [--out benchmarks/desire_cifar10.md] [--quick]
+    python benchmarks/desire_cifar10.py [--runs runs/desire_cifar10] [--out benchmarks/results/desire_cifar10.md]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default="runs/desire_cifar10")
-    ap.add_argument("--out", default="benchmarks/desire_cifar10.md")
+    ap.add_argument("--out", default="benchmarks/results/desire_cifar10.md")
     ap.add_argument("--quick", action="store_true", help="1 epoch everywhere (smoke test of the script)")
     ap.add_argument("--methods", nargs="*", default=None, help="only these labels (e.g. to re-time two methods)")
     args = ap.parse_args()

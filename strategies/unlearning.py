@@ -116,6 +116,7 @@ class Unlearner:
             opt.step()
             if self.eval_every and step % self.eval_every == 0:
                 self.history.append(self._probe(strategy, exp, step))
+        opt.zero_grad(set_to_none=True)  # the last gradients are of forgotten samples: none may outlive the request
         strategy.train()
         self.ref, self._test = None, None  # free the copy; the runner checks nothing forgotten is left
 

@@ -166,3 +166,20 @@ def test_fabric_refuses_what_only_the_trainer_runs(make_cfg):
         fit(strategy, loader, cfg)
     with pytest.raises(ConfigError, match=r"^trainer\.gradient_clip_algorithm='max'.*valid choices: norm, value"):
         fit(strategy, loader, make_cfg("+trainer.gradient_clip_algorithm=max"))
+
+
+def test_gradients_left_on_the_parameters_do_not_leak_into_the_first_step(make_cfg):
+    """Both engines zero the gradients before the first backward: stale ``.grad`` (e.g. an unlearner's
+    last step on forgotten samples) must not change the first update (the old Fabric loop added it)."""
+    weights = []
+    for stale in (False, True):
+        strategy, loader, cfg = _strategy(make_cfg, [], cls=Naive)
+        if stale:
+            for p in strategy.parameters():
+                p.grad = torch.full_like(p, 100.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit(strategy, loader, cfg)
+        weights.append({k: v.clone() for k, v in strategy.state_dict().items()})
+    for k, v in weights[0].items():
+        torch.testing.assert_close(v, weights[1][k], msg=k)

@@ -69,6 +69,7 @@ def test_every_unlearner_removes_the_forget_class(trained, name):
     assert before > 0.9
     kwargs = {"steps": 30, "lr": 0.01, "batch_size": 32, "eval_every": 10}
     UNLEARNERS.build({"name": name, **kwargs})(model, forget_exp)
+    assert all(p.grad is None for p in model.parameters())  # no gradient of forgotten samples outlives it
     forget_acc = _acc(model, forget_exp.forget)
     if name == "finetune_retain":  # forgetting by interference only: must not increase and keeps retain
         assert forget_acc < before - FINETUNE_DROP and _acc(model, forget_exp.retain) > 0.9
