@@ -1,9 +1,13 @@
 """One registry type for strategies, scenarios, backbones and metrics.
 
-Parts register by decorator when their package is imported::
+Parts register by decorator when their module is imported::
 
     @register_strategy("ewc")
     class EWC(Strategy): ...
+
+:func:`load_plugins` imports every module of the built-in plugin packages (discovery, no hand-kept
+list), the modules installed packages declare under the ``clframe.plugins`` entry-point group, and
+the modules named by the config key ``plugins`` (out-of-tree methods, e.g. ``plugins=[my_lab.methods]``).
 
 ``build(node)`` takes a config node ``{name: ..., **kwargs}`` and calls the registered
 object with the kwargs; unknown names and unknown kwargs raise :class:`ConfigError`
@@ -15,14 +19,17 @@ from __future__ import annotations
 import ast
 import fnmatch
 import importlib
+import importlib.metadata
 import inspect
-from collections.abc import Callable, Mapping
+import pkgutil
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from clframe.errors import ConfigError
 
 PLUGIN_PACKAGES = ("clframe.backbones", "strategies", "scenarios", "metrics")
+ENTRY_POINT_GROUP = "clframe.plugins"  # [project.entry-points."clframe.plugins"] my_lab = "my_lab.methods"
 
 
 class Registry:
@@ -94,17 +101,38 @@ register_metric = METRICS.register
 register_evaluator = EVALUATORS.register
 register_unlearner = UNLEARNERS.register
 
-_loaded = False
+_builtin_loaded = False
 
 
-def load_plugins() -> None:
-    """Import the packages whose modules register parts (idempotent)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for pkg in PLUGIN_PACKAGES:
-        importlib.import_module(pkg)
+def load_plugins(extra: Iterable[str] = ()) -> None:
+    """Import every module under :data:`PLUGIN_PACKAGES` and the ``clframe.plugins`` entry points (once),
+    then the modules in ``extra`` (config key ``plugins``); importing a module registers its parts."""
+    global _builtin_loaded
+    if not _builtin_loaded:
+        _builtin_loaded = True
+        for pkg in PLUGIN_PACKAGES:
+            discover(pkg)
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            import_plugin(ep.value.split(":")[0], key=f"entry point {ENTRY_POINT_GROUP}:{ep.name}")
+    for name in extra:
+        import_plugin(str(name))
+
+
+def discover(pkg: str) -> None:
+    """Import ``pkg`` and every module below it (registration by discovery; idempotent)."""
+    package = importlib.import_module(pkg)
+    for info in pkgutil.walk_packages(package.__path__, prefix=f"{pkg}."):
+        importlib.import_module(info.name)
+
+
+def import_plugin(name: str, key: str = "plugins") -> None:
+    """Import one plugin module; a module that cannot be found is a :class:`ConfigError` naming it."""
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name is None or not (name == err.name or name.startswith(f"{err.name}.")):
+            raise  # the plugin exists but one of its own imports is missing: show that error
+        raise ConfigError(key, name, "an importable module", hint=f"{err}; is its folder on PYTHONPATH?") from None
 
 
 def scan_registrations(pattern: str = "*") -> dict[str, list[tuple[str, str]]]:

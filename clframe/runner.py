@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from clframe.errors import ConfigError, NonFiniteLossError
+from clframe.fit import fit
 from clframe.io import atomic_torch_save, atomic_write_text, write_json
-from clframe.registry import BACKBONES, EVALUATORS, SCENARIOS, STRATEGIES, UNLEARNERS
+from clframe.plots import plot_run
+from clframe.pretrain import restore_pretraining, run_pretraining
+from clframe.registry import BACKBONES, EVALUATORS, SCENARIOS, STRATEGIES, UNLEARNERS, load_plugins
 from clframe.stores import WatchedLoader, answer_forget_request
 from clframe.strategy import check_capabilities
 from clframe.stream import Stream, TensorData
@@ -38,6 +42,7 @@ def seed_all(seed: int) -> None:
 def build(cfg: DictConfig) -> tuple[Stream, Any]:
     """Build the stream and the strategy (with its backbone) described by ``cfg``; refuse a combination the
     strategy does not support (:func:`~clframe.strategy.check_capabilities`) before anything is written."""
+    load_plugins(cfg.get("plugins") or ())
     stream = SCENARIOS.build(cfg.scenario, seed=int(cfg.seed))
     strategy = build_strategy(cfg, stream)
     check_capabilities(strategy, stream, (cfg.get("unlearning") or {}).get("name"))
@@ -69,7 +74,6 @@ def learn_experience(
     ``forgotten`` (ids forgotten so far) makes any batch that carries one of them stop the run.
     An experience whose training data were all forgotten only updates the class bookkeeping.
     Returns the number of optimiser steps taken."""
-    from clframe.fit import fit
 
     strategy.train()
     strategy.before_experience(exp)
@@ -143,6 +147,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     With ``cfg.resume`` set to an earlier run directory, its saved config is used and the
     run continues after the last checkpointed experience.
     """
+    load_plugins(cfg.get("plugins") or ())  # the caller's choice (a saved run directory never imports code)
     if cfg.get("resume"):
         run_dir = Path(cfg.resume)
         saved = run_dir / "config.yaml"
@@ -150,6 +155,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError("resume", str(run_dir), hint="no config.yaml there; pass the directory of an earlier run")
         cfg = OmegaConf.load(saved)
         cfg.resume = str(run_dir)
+        missing = [str(p) for p in cfg.get("plugins") or () if str(p) not in sys.modules]
+        if missing:
+            raise ConfigError(
+                "plugins",
+                missing,
+                hint="the run used these plugins; resuming never imports code named in a run"
+                f" directory: pass plugins=[{','.join(missing)}] with resume= if you trust them",
+            )
     stream, strategy = build(cfg)
     run_dir = resolve_run_dir(cfg, stream)
     cfg.run_dir = str(run_dir)
@@ -183,8 +196,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         strategy.optimizer_state = ckpt.get("optimizer")
         state = ckpt["runner"]
         if state.get("pretrain"):  # re-apply what weights do not carry (a frozen backbone)
-            from clframe.pretrain import restore_pretraining
-
             restore_pretraining(strategy, state["pretrain"])
         for name, ev in evaluators.items():
             ev.load_state(ckpt.get("evaluators", {}).get(name, {}))
@@ -193,8 +204,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
         (run_dir / "events.jsonl").unlink(missing_ok=True)  # a fresh run into an old folder starts a new log
         if cfg.get("pretrain"):
-            from clframe.pretrain import run_pretraining
-
             state["pretrain"] = run_pretraining(strategy, cfg.pretrain, stream, seed=seed, run_dir=run_dir)
         state["random_init_counts"] = [class_counts(strategy, d, device) for d in tests]
         state["random_init"] = [_acc(c) for c in state["random_init_counts"]]
@@ -258,8 +267,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             result["metrics"].update(ev.finalize(run_dir, result))
         write_json(run_dir / "metrics.json", result)
     if status == "complete" and cfg.get("plots", True):
-        from clframe.plots import plot_run
-
         plot_run(run_dir)
     return result
 

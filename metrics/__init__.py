@@ -1,4 +1,5 @@
-"""Pure metric functions (numpy/torch in, floats out)."""
+"""Pure metric functions (numpy/torch in, floats out); the evaluators that use them register by name
+(every module here is imported by :func:`clframe.registry.load_plugins`)."""
 
 from metrics.cl import (
     accuracy_matrix_from_rows,
@@ -27,7 +28,3 @@ __all__ = [
     "retained_matrix",
     "undefined_metrics",
 ]
-from metrics import (
-    retrieval_eval,  # noqa: E402,F401  (issue 5: registers the "retrieval" evaluator)
-    unlearning_eval,  # noqa: E402,F401  (issue 8: registers the "unlearning" evaluator)
-)
