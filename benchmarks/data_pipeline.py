@@ -3,7 +3,7 @@
 Both paths produce the same thing per batch — normalised float tensors after a random 32x32
 crop with 4-pixel padding and a random horizontal flip — and are timed in this one process:
 
-- tensor cache: ``TensorLoader`` slices the in-memory tensors, :func:`clframe.cifar.augment`
+- tensor cache: ``TensorLoader`` slices the in-memory tensors, :func:`clframe.data.cifar.augment`
   transforms the whole batch at once (what training with ``scenario=seq_cifar10`` does);
 - ImageFolder: ``torchvision.datasets.ImageFolder`` on the extracted JPEGs, PIL decode and
   ``RandomCrop(32, 4) / RandomHorizontalFlip / ToTensor / Normalize`` per image, ``DataLoader``
@@ -28,7 +28,7 @@ def main() -> None:
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
-    from clframe import cifar
+    from clframe.data import cifar
     from clframe.stream import TensorLoader
 
     ap = argparse.ArgumentParser()

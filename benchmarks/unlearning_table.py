@@ -164,7 +164,7 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     from clframe.config import compose
-    from clframe.plots_unlearning import plot_curves, plot_oracle_bars
+    from metrics.plots_unlearning import plot_curves, plot_oracle_bars
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clframe.io import _atomic
 from clframe.report import load_metrics
 
 
@@ -26,7 +27,6 @@ def _integer_ticks():
 
 
 def _save(fig, path: Path) -> Path:
-    from clframe.io import _atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -39,7 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clframe.data import dataset_names, load_dataset
 from clframe.errors import ConfigError
+from clframe.io import atomic_torch_save
+from clframe.strategy import OPTIMIZERS
 from clframe.stream import Stream, TensorData
 
 log = logging.getLogger("clframe")
@@ -69,7 +72,6 @@ def sample_hashes(data: TensorData) -> set[int]:
 
 def stream_dataset(stream: Stream) -> str | None:
     """The registered data set a stream was built from (``stream.dataset``, else its name's suffix)."""
-    from clframe.data import dataset_names
 
     name = getattr(stream, "dataset", None) or stream.name.split("_", 1)[-1]
     return name if name in dataset_names() else None
@@ -123,7 +125,6 @@ def _eval_only(module: nn.Module, mode: bool = True) -> nn.Module:
 
 
 def pretraining_data(node: Mapping[str, Any], seed: int) -> tuple[TensorData, list[int]]:
-    from clframe.data import load_dataset
 
     train, _ = load_dataset(node["dataset"])
     classes = train.classes() if node["classes"] is None else sorted(int(c) for c in node["classes"])
@@ -139,7 +140,6 @@ def pretraining_data(node: Mapping[str, Any], seed: int) -> tuple[TensorData, li
 
 def train_backbone(backbone: nn.Module, data: TensorData, node: Mapping[str, Any], seed: int) -> dict[str, float]:
     """Cross-entropy training of ``backbone`` + a temporary linear head (discarded afterwards)."""
-    from clframe.strategy import OPTIMIZERS
 
     if node["optimizer"] not in OPTIMIZERS:
         raise ConfigError("pretrain.optimizer", node["optimizer"], sorted(OPTIMIZERS))
@@ -214,8 +214,6 @@ def run_pretraining(
         )
         info.update(train_backbone(strategy.backbone, data, node, seed))
         if node["save"]:
-            from clframe.io import atomic_torch_save
-
             meta = {"dataset": node["dataset"], "classes": classes, "hashes": torch.tensor(sorted(hashes))}
             out = Path(run_dir) / SAVED_NAME
             atomic_torch_save({"backbone": strategy.backbone.state_dict(), "pretrain": meta}, out)

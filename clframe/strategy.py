@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clframe.errors import ConfigError, NonFiniteLossError
+from clframe.registry import UNLEARNERS
 from clframe.stream import Experience, Stream, TensorLoader
 
 MASK_VALUE = -1e4  # logit of a class that is not allowed; finite so fp16 and KL stay well-defined
@@ -319,8 +320,6 @@ def check_capabilities(strategy: Strategy, stream: Stream, unlearning: str | Non
                 hint=f"strategy {name} cannot be unlearned by gradient steps and has no exact answer to {exp.name}",
             )
         if unlearning is None:
-            from clframe.registry import UNLEARNERS
-
             raise ConfigError(
                 "unlearning", None, UNLEARNERS.names(), hint=f"the stream has a forget request ({exp.name})"
             )

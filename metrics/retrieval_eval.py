@@ -23,6 +23,7 @@ import torch
 
 from clframe.errors import ConfigError
 from clframe.evaluation import Evaluator
+from clframe.plots import _save
 from clframe.registry import register_evaluator
 from clframe.stream import TensorData
 from metrics import compatibility as C
@@ -139,8 +140,6 @@ def plot_compatibility(M: np.ndarray, path: Path, title: str = "") -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from clframe.plots import _save
 
     T = len(M)
     fig, ax = plt.subplots(figsize=(1.2 + 0.8 * T, 1.0 + 0.7 * T))

@@ -20,8 +20,11 @@ import torch.nn.functional as F
 
 from clframe.evaluation import Evaluator
 from clframe.registry import register_evaluator
+from clframe.runner import build_strategy, predict
 from clframe.stream import TensorData
 from metrics import unlearning as M
+from metrics.oracle import train_oracle, training_config
+from metrics.plots_unlearning import plot_unlearning_run
 from strategies.unlearning_pieces import activation_layers, capture, split_test
 
 SPLITS = ("forget", "retain", "test")
@@ -89,9 +92,6 @@ class UnlearningEvaluator(Evaluator):
         self.snapshot = state.get("snapshot")
 
     def _copy(self, stream, snapshot: dict[str, Any]):
-        from clframe.oracle import training_config
-        from clframe.runner import build_strategy
-
         model = build_strategy(training_config(self.cfg), stream)
         model.restore_checkpoint_state(snapshot["extra"])
         model.load_state_dict(snapshot["model"])
@@ -113,8 +113,6 @@ class UnlearningEvaluator(Evaluator):
             out["unlearn/curve"] = list(history)
         models = {"unlearn": strategy, "original": original}
         if self.oracle:
-            from clframe.oracle import train_oracle
-
             models["oracle"], info = train_oracle(self.cfg, stream, exp.id, cache_dir=self.cache_dir)
             out["oracle/n_trained_forgotten"] = int(torch.isin(info["trained_ids"], info["forgotten"]).sum())
             out["oracle/cached"] = bool(info["cached"])
@@ -138,8 +136,6 @@ class UnlearningEvaluator(Evaluator):
         return splits
 
     def measure(self, models: dict[str, Any], exp, device: torch.device, copy_unlearned=None) -> dict[str, Any]:
-        from clframe.runner import predict
-
         s = self._splits(exp)
         logits = {m: {k: predict(model, d, device) for k, d in s.items()} for m, model in models.items()}
         out: dict[str, Any] = {}
@@ -213,8 +209,6 @@ class UnlearningEvaluator(Evaluator):
         perm = torch.randperm(len(forget), generator=torch.Generator().manual_seed(self.seed + 1))
         n = max(1, int(self.relearn_fraction * len(forget)))
         attack, held = forget.subset(perm[:n]), forget.subset(perm[n:] if n < len(forget) else perm)
-        from clframe.runner import predict
-
         target = self.relearn_target * M.accuracy(predict(models["original"], held, device), held.y)
         out = {"relearn_target_acc": target}
         if not any(p.requires_grad for p in models["unlearn"].parameters()):
@@ -228,8 +222,6 @@ class UnlearningEvaluator(Evaluator):
         return out
 
     def _relearn_curve_steps(self, model, attack: TensorData, held: TensorData, target: float, device) -> int:
-        from clframe.runner import predict
-
         model.to(device)
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=self.relearn_lr, momentum=0.9)
         gen = torch.Generator().manual_seed(self.seed + 2)
@@ -254,8 +246,6 @@ class UnlearningEvaluator(Evaluator):
         ]
         if not forget_evals:
             return {}
-        from clframe.plots_unlearning import plot_unlearning_run
-
         if result.get("run_dir") and self.cfg is not None and self.cfg.get("plots", True):
             method = (self.cfg.get("unlearning") or {}).get("name", "unlearned")
             plot_unlearning_run(run_dir, result, method)

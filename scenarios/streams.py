@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from clframe.data import input_shape, load_dataset
+from clframe.data.cifar import augment as cifar_augment
 from clframe.errors import ConfigError
 from clframe.registry import register_scenario
 from clframe.stream import Experience, Stream, TensorData
@@ -37,7 +38,6 @@ def seq_cifar10(
     """Seq-CIFAR-10 (5 x 2 classes, class- or task-IL) with random-crop + flip training augmentation
     applied per batch (``Experience.transform``); ``train_per_class`` / ``test_per_class`` take a
     seeded class-balanced subset (reduced CPU protocols)."""
-    from clframe.cifar import augment as cifar_augment
 
     stream = split(
         dataset="cifar10",

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from clframe.errors import ConfigError
-from clframe.stream import TensorData
+from clframe.stream import TensorData, TensorLoader
 
 POLICIES = ("reservoir", "class_balanced")
 
@@ -147,7 +147,6 @@ class OnlineMemory:
 
     def loader(self, exp, batch_size: int, seed: int, draws: int = 1) -> ReplayLoader:
         """``draws`` memory batches per step, drawn together (without replacement) in ``batch["replay"]``."""
-        from clframe.stream import TensorLoader
 
         self.transform, self.generator = exp.transform, torch.Generator().manual_seed(seed + 1)
         stream = TensorLoader(exp.train, batch_size, shuffle=True, seed=seed)

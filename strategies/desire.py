@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from clframe.errors import ConfigError
-from clframe.lora import add_lora, lora_layers, set_coef
 from clframe.registry import register_strategy
 from clframe.strategy import MASK_VALUE, Strategy
 from strategies.feature_stats import ClassGaussians, consolidation_kl, extract_features, refine_head
+from strategies.lora import add_lora, lora_layers, set_coef
 
 OLD, NEW = "old", "new"
 CONSOLIDATION_LOSSES = ("gaussian", "features")

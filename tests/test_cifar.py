@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clframe import cifar
+from clframe.data import cifar
 from tests.conftest import require_data
 
 

@@ -6,7 +6,7 @@ from torch import nn
 
 from clframe.backbones.vit import ViT
 from clframe.errors import ConfigError
-from clframe.lora import LoRALinear, add_lora, lora_layers, lora_parameters
+from strategies.lora import LoRALinear, add_lora, lora_layers, lora_parameters
 
 
 def _random_lora(rank=3, seed=0) -> LoRALinear:

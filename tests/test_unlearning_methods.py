@@ -89,7 +89,7 @@ def test_ga_lowers_forget_accuracy_and_records_a_curve(trained):
 
 
 def test_oracle_never_sees_forgotten_samples_and_is_cached(trained, tmp_path):
-    from clframe.oracle import train_oracle
+    from metrics.oracle import train_oracle
 
     cfg, stream, _, _ = trained
     cfg = copy.deepcopy(cfg)
@@ -113,7 +113,7 @@ def test_oracle_never_sees_forgotten_samples_and_is_cached(trained, tmp_path):
 
 def test_oracle_reproduces_the_run_when_nothing_is_removed(make_cfg):
     """Same config, seed and schedule: with no sample removed, the oracle equals the run's model."""
-    from clframe.oracle import train_oracle
+    from metrics.oracle import train_oracle
 
     cfg = make_cfg("scenario=split_blobs", "backbone.hidden=[32]", "trainer.max_epochs=2", "strategy=naive")
     run(cfg)

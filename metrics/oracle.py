@@ -20,6 +20,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from clframe.io import atomic_torch_save
+from clframe.pretrain import run_pretraining
+from clframe.runner import build_strategy, learn_experience, start_event
 from clframe.stores import WatchedLoader
 from clframe.stream import Experience, Stream
 
@@ -58,8 +60,6 @@ def train_oracle(
     """Return ``(oracle strategy, info)`` for the forget event at ``position`` (trained or loaded from cache).
 
     ``info``: ``key``, ``cached``, ``trained_ids`` (unique ids the oracle was fed), ``forgotten`` ids."""
-    from clframe.runner import build_strategy, learn_experience, start_event
-
     train_cfg = training_config(cfg)
     exps = oracle_experiences(stream, position)
     gone = stream.forgotten_until(position)
@@ -72,8 +72,6 @@ def train_oracle(
         strategy.load_state_dict(ckpt["model"])
         return strategy, {"key": key, "cached": True, "trained_ids": ckpt["trained_ids"], "forgotten": gone}
     if train_cfg.get("pretrain"):
-        from clframe.pretrain import run_pretraining
-
         run_pretraining(strategy, train_cfg.pretrain, stream, seed=int(cfg.seed), run_dir=Path(cache_dir or ".") / key)
     seen: list[torch.Tensor] = []
     fit_cfg = OmegaConf.merge(train_cfg, {"progress_bar": cfg.get("progress_bar", "tqdm")})  # the run's bar setting

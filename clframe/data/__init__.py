@@ -1,4 +1,4 @@
-"""Data root and in-memory tensor data sets (digits, MNIST).
+"""Data root and in-memory tensor data sets (digits, MNIST, blobs here; CIFAR-10 in :mod:`clframe.data.cifar`).
 
 No code here ever downloads: missing files raise :class:`DataNotFoundError` naming
 ``CLFRAME_DATA_ROOT`` and the expected path. New data sets register with
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from clframe.errors import ConfigError, DataNotFoundError
+from clframe.registry import discover
 from clframe.stream import TensorData
 
 ENV_ROOT = "CLFRAME_DATA_ROOT"
@@ -43,12 +44,15 @@ def register_dataset(name: str) -> Callable:
 
 
 def dataset_names() -> list[str]:
+    discover("clframe.data")
     return sorted(_DATASETS)
 
 
 @lru_cache(maxsize=4)
 def load_dataset(name: str) -> tuple[TensorData, TensorData]:
     """Return ``(train, test)`` of a registered data set (cached per process)."""
+    if name not in _DATASETS:
+        discover("clframe.data")  # the data sets of this package's modules (clframe.data.cifar, ...)
     if name not in _DATASETS:
         raise ConfigError("scenario.dataset", name, dataset_names())
     return _DATASETS[name]()
@@ -117,6 +121,3 @@ def load_blobs(n_classes: int = 10, per_class: int = 60, dim: int = 16, seed: in
     side = int(dim**0.5)
     x = x.reshape(-1, 1, side, side)
     return TensorData.from_tensors(x[~test], y[~test]), TensorData.from_tensors(x[test], y[test])
-
-
-import clframe.cifar  # noqa: E402,F401
