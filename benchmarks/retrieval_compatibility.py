@@ -49,7 +49,7 @@ def matrix(m: dict, score: str = "rank1") -> np.ndarray:
 
 def ac_cell(m: dict) -> str:
     """Strict AC; AC counting ties as compatible (recomputed from the stored compatibility matrix)."""
-    from metrics.compatibility import average_compatibility
+    from clframe.metrics.compatibility import average_compatibility
 
     return f"{m['metrics']['retrieval/ac']:.2f}; {average_compatibility(matrix(m), strict=False):.2f}"
 
@@ -132,10 +132,10 @@ def nmc_cost(args) -> str:
     import time
 
     import torch
+    from clframe.metrics.retrieval_eval import embed
 
     from clframe.config import compose
     from clframe.runner import build
-    from metrics.retrieval_eval import embed
 
     cfg = compose(["experiment=retrieval_split_mnist", "+scenario.classes=[5,6,7,8,9]", "strategy=nmc", *args.extra])
     stream, strategy = build(cfg)

@@ -114,8 +114,9 @@ def table(rows: dict[str, dict[str, float]]) -> str:
 def learn_once(cfg, eval_kwargs: dict):
     """Learn the experiences before the forget event once (exactly as ``clframe run`` does: same
     per-event seeds), with the unlearning evaluator watching; every method then starts from a copy."""
+    from clframe.metrics.unlearning_eval import UnlearningEvaluator
+
     from clframe.runner import build, eval_device, learn_experience, start_event
-    from metrics.unlearning_eval import UnlearningEvaluator
 
     stream, strategy = build(cfg)
     evaluator = UnlearningEvaluator(**eval_kwargs)
@@ -163,8 +164,9 @@ def main(argv=None) -> None:
     from clframe.io import atomic_write_text
 
     torch.set_num_threads(args.threads)
+    from clframe.metrics.plots_unlearning import plot_curves, plot_oracle_bars
+
     from clframe.config import compose
-    from metrics.plots_unlearning import plot_curves, plot_oracle_bars
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

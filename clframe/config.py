@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 def config_dir() -> Path:
     """The folder that holds ``config.yaml`` and the config groups."""
-    import experiments
+    from clframe import experiments
 
     return Path(experiments.__file__).resolve().parent
 

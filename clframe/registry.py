@@ -20,6 +20,7 @@ import ast
 import fnmatch
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import pkgutil
 from collections.abc import Callable, Iterable, Mapping
@@ -28,7 +29,7 @@ from typing import Any
 
 from clframe.errors import ConfigError
 
-PLUGIN_PACKAGES = ("clframe.backbones", "strategies", "scenarios", "metrics")
+PLUGIN_PACKAGES = ("clframe.backbones", "clframe.strategies", "clframe.scenarios", "clframe.metrics")
 ENTRY_POINT_GROUP = "clframe.plugins"  # [project.entry-points."clframe.plugins"] my_lab = "my_lab.methods"
 
 
@@ -118,6 +119,14 @@ def load_plugins(extra: Iterable[str] = ()) -> None:
         import_plugin(str(name))
 
 
+def package_dir(pkg: str) -> Path:
+    """The folder of package ``pkg`` without importing it (``clframe.strategies`` lives in ``strategies/``)."""
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(pkg)
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def discover(pkg: str) -> None:
     """Import ``pkg`` and every module below it (registration by discovery; idempotent)."""
     package = importlib.import_module(pkg)
@@ -143,10 +152,9 @@ def scan_registrations(pattern: str = "*") -> dict[str, list[tuple[str, str]]]:
     the scan agrees with the imported registry.
     Returns ``{kind: [(name, first docstring line), ...]}``.
     """
-    root = Path(__file__).resolve().parent.parent
     found: dict[str, list[tuple[str, str]]] = {k: [] for k in REGISTRIES}
     for pkg in PLUGIN_PACKAGES:
-        for path in sorted((root / pkg.replace(".", "/")).glob("*.py")):
+        for path in sorted(package_dir(pkg).glob("*.py")):
             tree = ast.parse(path.read_text(), filename=str(path))
             for node in ast.walk(tree):
                 if not isinstance(node, (ast.FunctionDef, ast.ClassDef)):

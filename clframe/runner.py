@@ -307,7 +307,7 @@ def _none_for_nan(obj: Any) -> Any:
 
 
 def _write_results(run_dir: Path, cfg, stream: Stream, state, status: str, error) -> dict[str, Any]:
-    from metrics.cl import cl_summary, curves, retained_matrix, undefined_metrics
+    from clframe.metrics.cl import cl_summary, curves, retained_matrix, undefined_metrics
 
     picks, removed = stage_rows(state, stream)
     R = R_all = np.zeros((0, len(stream.learn_experiences)))

@@ -1,7 +1,7 @@
 """Pure metric functions (numpy/torch in, floats out); the evaluators that use them register by name
 (every module here is imported by :func:`clframe.registry.load_plugins`)."""
 
-from metrics.cl import (
+from clframe.metrics.cl import (
     accuracy_matrix_from_rows,
     average_accuracy,
     average_incremental_accuracy,

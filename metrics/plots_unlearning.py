@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from clframe.metrics.unlearning import OracleUnavailableError
 
 from clframe.plots import _pyplot, _save
-from metrics.unlearning import OracleUnavailableError
 
 
 def plot_curves(

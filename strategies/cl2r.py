@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from clframe.strategies.buffers import ReplayBuffer, ReplayLoader
+from clframe.strategies.losses import frozen_copy
+from clframe.strategies.simplex import SimplexHead
 
 from clframe.registry import register_strategy
 from clframe.strategy import Strategy
-from strategies.buffers import ReplayBuffer, ReplayLoader
-from strategies.losses import frozen_copy
-from strategies.simplex import SimplexHead
 
 
 @register_strategy("cl2r")

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from clframe.strategies.reprogram import Router, TaskSwitch, wrap
 from torch import Tensor, nn
 
 from clframe.errors import ConfigError
 from clframe.registry import register_strategy
 from clframe.strategy import MASK_VALUE, Capabilities, Strategy
-from strategies.reprogram import Router, TaskSwitch, wrap
 
 ANCHORS = ("rotation", "pretrained", "random")
 

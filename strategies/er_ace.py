@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from clframe.strategies.er import ER
 
 from clframe.registry import register_strategy
 from clframe.strategy import MASK_VALUE
-from strategies.er import ER
 
 
 @register_strategy("er_ace")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
+from clframe.strategies.losses import fisher_diagonal
 
 from clframe.registry import register_strategy
 from clframe.strategy import Strategy
-from strategies.losses import fisher_diagonal
 
 
 @register_strategy("ewc")

@@ -7,13 +7,13 @@ import math
 
 import torch
 import torch.nn.functional as F
+from clframe.strategies.hypernet import box_intersection, hnet_box, hyperfan_in_init, interval_loss
+from clframe.strategies.intervals import forward_point, ibp, leaf_layers, mlp, param_shapes, unflatten
 from torch import Tensor, nn
 
 from clframe.errors import ConfigError
 from clframe.registry import register_strategy
 from clframe.strategy import MASK_VALUE, Capabilities, Strategy
-from strategies.hypernet import box_intersection, hnet_box, hyperfan_in_init, interval_loss
-from strategies.intervals import forward_point, ibp, leaf_layers, mlp, param_shapes, unflatten
 
 
 @register_strategy("hyperinterval")

@@ -6,10 +6,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from clframe.strategies.intervals import ibp
 from torch import Tensor, nn
 
 from clframe.strategy import MASK_VALUE
-from strategies.intervals import ibp
 
 
 def hnet_box(hnet: nn.Sequential, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from clframe.strategies.buffers import herding
+from clframe.strategies.losses import frozen_copy
 
 from clframe.registry import register_strategy
 from clframe.stores import DataStore
 from clframe.strategy import MASK_VALUE, Strategy
 from clframe.stream import TensorData, TensorLoader
-from strategies.buffers import herding
-from strategies.losses import frozen_copy
 
 
 @register_strategy("icarl")

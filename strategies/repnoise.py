@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from clframe.strategies.unlearning import Unlearner
+from clframe.strategies.unlearning_pieces import activation_layers, capture_io, repnoise_mmd
 from torch import Tensor
 
 from clframe.errors import ConfigError
 from clframe.registry import register_unlearner
-from strategies.unlearning import Unlearner
-from strategies.unlearning_pieces import activation_layers, capture_io, repnoise_mmd
 
 
 def pool_per_sample(t: Tensor) -> Tensor:

@@ -4,11 +4,12 @@ no import cycle in the core; no project import hidden inside a function except t
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PLUGINS = ("strategies", "scenarios", "metrics", "experiments")
-PROJECT = ("clframe", *PLUGINS)
+FOLDERS = ("clframe", "strategies", "scenarios", "metrics", "experiments")  # installed as clframe.<folder>
+PLUGINS = tuple(f"clframe.{name}" for name in FOLDERS[1:])
 # (file, imported module): function-level project imports that stay, and why
 DEFERRED = {
     ("clframe/__init__.py", "clframe.runner"): "`import clframe` stays light (runner imports torch)",
@@ -21,8 +22,8 @@ DEFERRED = {
 }
 # core -> plugin imports still to remove (the redesign issue); the test fails when one is added or removed
 CORE_TO_PLUGIN = {
-    ("clframe/config.py", "experiments"): "locates the packaged config folder",
-    ("clframe/runner.py", "metrics.cl"): "the accuracy-matrix summary; to become a registered summary",
+    ("clframe/config.py", "clframe.experiments"): "locates the packaged config folder",
+    ("clframe/runner.py", "clframe.metrics.cl"): "the accuracy-matrix summary; to become a registered summary",
 }
 
 
@@ -31,14 +32,22 @@ def _imports(path: Path):
     top = {id(n) for n in tree.body}
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)) and not (isinstance(node, ast.ImportFrom) and node.level):
-            names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-            for mod in names:
-                if mod and mod.split(".")[0] in PROJECT:
+            if isinstance(node, ast.ImportFrom):  # `from clframe import experiments` imports clframe.experiments
+                subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in _modules()]
+                names = subs or [node.module]
+            else:
+                names = [a.name for a in node.names]
+            for mod in dict.fromkeys(names):
+                if mod and mod.split(".")[0] in FOLDERS:
                     yield mod, id(node) in top
 
 
+def _is_plugin(mod: str) -> bool:
+    return any(mod == p or mod.startswith(f"{p}.") for p in PLUGINS) or mod.split(".")[0] in FOLDERS[1:]
+
+
 def _files():
-    for pkg in PROJECT:
+    for pkg in FOLDERS:
         yield from sorted((ROOT / pkg).rglob("*.py"))
 
 
@@ -46,7 +55,7 @@ def test_the_core_imports_no_plugin_package_beyond_the_listed_ones():
     found = set()
     for path in (ROOT / "clframe").rglob("*.py"):
         rel = str(path.relative_to(ROOT))
-        found |= {(rel, mod) for mod, _ in _imports(path) if mod.split(".")[0] in PLUGINS}
+        found |= {(rel, mod) for mod, _ in _imports(path) if _is_plugin(mod)}
     assert found == set(CORE_TO_PLUGIN), found ^ set(CORE_TO_PLUGIN)
 
 
@@ -54,8 +63,30 @@ def test_no_project_import_is_hidden_inside_a_function():
     hidden = set()
     for path in _files():
         rel = str(path.relative_to(ROOT))
-        hidden |= {(rel, mod) for mod, top in _imports(path) if not top}
+        hidden |= {(rel, mod) for mod, top in _imports(path) if not top and mod in _modules()}
     assert hidden <= set(DEFERRED) | set(CORE_TO_PLUGIN), hidden - set(DEFERRED) - set(CORE_TO_PLUGIN)
+
+
+@functools.cache
+def _modules() -> set[str]:
+    """Every importable project module name (``clframe.strategies.naive``, ...), to tell modules from names."""
+    out = set()
+    for folder in FOLDERS:
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            out.add(".".join(parts if folder == "clframe" else ("clframe", *parts)))
+    return out
+
+
+def test_plugin_folders_are_only_imported_as_clframe_subpackages():
+    """``import strategies`` would pick up a user's own ``strategies`` folder in the working directory."""
+    bare = set()
+    for path in _files():
+        bare |= {(str(path.relative_to(ROOT)), m) for m, _ in _imports(path) if m.split(".")[0] in FOLDERS[1:]}
+    for path in sorted((ROOT / "tests").glob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py")):
+        bare |= {(str(path.relative_to(ROOT)), m) for m, _ in _imports(path) if m.split(".")[0] in FOLDERS[1:]}
+    assert not bare, bare
 
 
 def test_the_core_has_no_import_cycle():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from clframe.errors import ConfigError
-from clframe.registry import PLUGIN_PACKAGES, STRATEGIES, scan_registrations
+from clframe.registry import PLUGIN_PACKAGES, STRATEGIES, package_dir, scan_registrations
 from clframe.runner import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +89,21 @@ def test_every_registering_module_is_discovered_without_a_list():
     scanned = {name for name, _ in scan_registrations()["strategy"]}
     assert scanned and scanned <= set(STRATEGIES.names())
     for pkg in PLUGIN_PACKAGES:
-        init = (ROOT / pkg.replace(".", "/") / "__init__.py").read_text()
+        init = (package_dir(pkg) / "__init__.py").read_text()
         assert "registers" not in init.split('"""')[-1], pkg  # no "import x  # registers ..." lines left
-    body = textwrap.dedent((ROOT / "strategies" / "__init__.py").read_text())
+    body = textwrap.dedent((package_dir("clframe.strategies") / "__init__.py").read_text())
     assert "import" not in body.split('"""')[-1]
+
+
+def test_a_users_own_metrics_module_does_not_shadow_clframe(tmp_path):
+    """The plugin folders install as clframe.strategies / clframe.metrics / ...: a researcher's own
+    ``metrics.py`` and ``strategies/`` in the working folder are never imported by clframe."""
+    (tmp_path / "metrics.py").write_text("raise RuntimeError('the user module was imported')\n")
+    (tmp_path / "strategies").mkdir()
+    (tmp_path / "strategies" / "__init__.py").write_text("raise RuntimeError('the user package was imported')\n")
+    cmd = [sys.executable, "-m", "clframe", "run", "scenario=split_blobs", "scenario.n_experiences=2",
+           "backbone.hidden=[8]", "trainer.max_epochs=1", "logger=none", "progress_bar=none", "plots=false",
+           f"run_dir={tmp_path / 'run'}"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "complete"

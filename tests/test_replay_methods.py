@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from clframe.strategies.buffers import herding
+from clframe.strategies.derpp import DERpp
+from clframe.strategies.er import ER
+from clframe.strategies.er_ace import ERACE
+from clframe.strategies.icarl import ICaRL
 
 from clframe.backbones.simple import MLP
 from clframe.data import load_dataset
 from clframe.stream import Experience
-from strategies.buffers import herding
-from strategies.derpp import DERpp
-from strategies.er import ER
-from strategies.er_ace import ERACE
-from strategies.icarl import ICaRL
 from tests.conftest import BLOBS
 
 

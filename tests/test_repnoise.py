@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from clframe.strategies.repnoise import RepNoise, pool_per_sample
+from clframe.strategies.unlearning_pieces import repnoise_mmd
 from scipy.spatial.distance import cdist
 
 from clframe.backbones.simple import MLP
 from clframe.registry import UNLEARNERS
 from clframe.strategy import Strategy
 from clframe.stream import Experience, TensorData
-from strategies.repnoise import RepNoise, pool_per_sample
-from strategies.unlearning_pieces import repnoise_mmd
 
 
 @pytest.fixture(scope="module", autouse=True)
