@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from clframe.strategies.er import ER
+from clframe.strategies.buffers import OnlineMemory
 
 from clframe.registry import register_strategy
-from clframe.strategy import MASK_VALUE
+from clframe.strategy import MASK_VALUE, Strategy
 
 
 @register_strategy("er_ace")
-class ERACE(ER):
+class ERACE(Strategy):
     """Asymmetric cross-entropy: once earlier experiences exist, the incoming batch's loss sees only
     the logits of the classes *present in that batch* (new data does not push old classes down);
-    the memory batch gets the usual cross-entropy over all seen classes. Online reservoir memory as
-    in ER (memory, loader and checkpoint state are ER's); like Mammoth's ``er_ace``, no replay (and
-    no masking) during the first experience."""
+    the memory batch gets the usual cross-entropy over all seen classes. The same online reservoir
+    memory as ER (:class:`OnlineMemory`, composed, not inherited); like Mammoth's ``er_ace``, no replay
+    (and no masking) during the first experience."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, buffer_size: int = 200, minibatch_size: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.memory = self.register_store("memory", OnlineMemory(buffer_size, minibatch_size or self.batch_size))
         self.replay_on = False
+
+    def train_dataloader_for(self, exp):
+        return self.memory.loader(exp, self.batch_size, self.seed)
 
     def before_experience(self, exp):
         self.replay_on = bool(self.seen.any())  # was anything learned before this experience?
