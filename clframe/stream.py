@@ -172,3 +172,15 @@ class Stream:
         """Sorted unique ids of every sample forgotten by forget events at positions <= ``position``."""
         parts = [e.forget.ids for e in self.experiences[: position + 1] if e.kind == "forget" and e.forget is not None]
         return torch.cat(parts).unique() if parts else torch.zeros(0, dtype=torch.long)
+
+
+def split_test(exp) -> tuple[TensorData, TensorData | None]:
+    """A forget event's test data split into (classes still retained, classes this request removed
+    entirely). Classes with no retain sample left (forgotten now or earlier) leave the first part."""
+    retained = torch.tensor(
+        exp.retain.classes() if exp.retain is not None and len(exp.retain) else [], dtype=torch.long
+    )
+    gone_now = torch.tensor([c for c in exp.forget.classes() if c not in retained.tolist()], dtype=torch.long)
+    keep = exp.test.subset(torch.isin(exp.test.y, retained))
+    now = exp.test.subset(torch.isin(exp.test.y, gone_now))
+    return keep, (now if len(now) else None)

@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from clframe.metrics import unlearning as M
 from clframe.metrics.oracle import train_oracle, training_config
 from clframe.metrics.plots_unlearning import plot_unlearning_run
-from clframe.strategies.unlearning_pieces import activation_layers, capture, split_test
 
 from clframe.evaluation import Evaluator
+from clframe.introspect import activation_layers, capture
 from clframe.registry import register_evaluator
 from clframe.runner import build_strategy, predict
-from clframe.stream import TensorData
+from clframe.stream import TensorData, split_test
 
 SPLITS = ("forget", "retain", "test")
 

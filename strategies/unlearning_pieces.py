@@ -1,18 +1,13 @@
-"""Pieces shared by the unlearning methods and the unlearning evaluator: loss functions (NPO,
-SimNPO, MMD), layer-activation capture and batch helpers."""
+"""Pieces of the unlearning methods: loss functions (NPO, SimNPO, MMD) and batch helpers (layer-activation
+capture is in :mod:`clframe.introspect`, the forget event's test split in :mod:`clframe.stream`)."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from clframe.errors import ConfigError
 from clframe.stream import TensorData
-
-ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.LeakyReLU, nn.ELU)
 
 
 # ---------------------------------------------------------------- loss pieces (plain functions)
@@ -62,56 +57,6 @@ def repnoise_mmd(x: Tensor, y: Tensor, kernel_mul: float = 2.0, kernel_num: int 
     return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
 
 
-# ---------------------------------------------------------------- representation helpers
-def activation_layers(module: nn.Module) -> list[str]:
-    """Names of the activation modules (ReLU, GELU, ...) in ``module``: the layers used for CKA and RepNoise."""
-    return [name for name, m in module.named_modules() if isinstance(m, ACTIVATIONS)]
-
-
-@contextmanager
-def capture(module: nn.Module, names: list[str]):
-    """Record the outputs of the named sub-modules (flattened per sample) during the forward passes inside."""
-    acts: dict[str, Tensor] = {}
-    mods = dict(module.named_modules())
-    missing = [n for n in names if n not in mods]
-    if missing:
-        raise ConfigError("layers", missing, sorted(n for n in mods if n))
-    hooks = [mods[n].register_forward_hook(lambda _m, _i, out, n=n: acts.__setitem__(n, out.flatten(1))) for n in names]
-    try:
-        yield acts
-    finally:
-        for h in hooks:
-            h.remove()
-
-
-@contextmanager
-def capture_io(module: nn.Module, names: list[str]):
-    """Record ``(input, output)`` of the named sub-modules, unflattened, during the forward passes inside:
-    ``acts[name]`` is a list with one pair per call (a strategy may call a layer more than once per
-    forward, e.g. once per task group). The input is cloned before the module runs, so an in-place
-    activation cannot overwrite it; both keep their autograd graph."""
-    acts: dict[str, list[tuple[Tensor, Tensor]]] = {n: [] for n in names}
-    pending: dict[str, Tensor] = {}
-    mods = dict(module.named_modules())
-    missing = [n for n in names if n not in mods]
-    if missing:
-        raise ConfigError("layers", missing, sorted(n for n in mods if n))
-
-    def pre(name):
-        return lambda _m, inp: pending.__setitem__(name, inp[0].clone())
-
-    def post(name):
-        return lambda _m, _i, out: acts[name].append((pending.pop(name), out))
-
-    hooks = [mods[n].register_forward_pre_hook(pre(n)) for n in names]
-    hooks += [mods[n].register_forward_hook(post(n)) for n in names]
-    try:
-        yield acts
-    finally:
-        for h in hooks:
-            h.remove()
-
-
 # ---------------------------------------------------------------- data helpers
 def batches(data: TensorData, batch_size: int, seed: int, device: torch.device):
     """Endless shuffled batches of ``data`` (dicts on ``device``)."""
@@ -134,15 +79,3 @@ def accuracy_on(strategy, data: TensorData | None, n: int = 512) -> float | None
     acc = float((strategy(x, t).argmax(1) == y).float().mean())
     strategy.train(was)
     return acc
-
-
-def split_test(exp) -> tuple[TensorData, TensorData | None]:
-    """A forget event's test data split into (classes still retained, classes this request removed
-    entirely). Classes with no retain sample left (forgotten now or earlier) leave the first part."""
-    retained = torch.tensor(
-        exp.retain.classes() if exp.retain is not None and len(exp.retain) else [], dtype=torch.long
-    )
-    gone_now = torch.tensor([c for c in exp.forget.classes() if c not in retained.tolist()], dtype=torch.long)
-    keep = exp.test.subset(torch.isin(exp.test.y, retained))
-    now = exp.test.subset(torch.isin(exp.test.y, gone_now))
-    return keep, (now if len(now) else None)

@@ -89,6 +89,19 @@ def test_plugin_folders_are_only_imported_as_clframe_subpackages():
     assert not bare, bare
 
 
+def test_plugin_packages_do_not_import_each_other():
+    """A metric never needs a method's module (shared pieces live in the core: clframe.introspect, ...);
+    scenarios and strategies are independent too."""
+    crossing = set()
+    for folder in FOLDERS[1:]:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            own = f"clframe.{folder}"
+            for mod, _ in _imports(path):
+                if _is_plugin(mod) and not (mod == own or mod.startswith(f"{own}.")):
+                    crossing.add((str(path.relative_to(ROOT)), mod))
+    assert not crossing, crossing
+
+
 def test_the_core_has_no_import_cycle():
     graph: dict[str, set[str]] = {}
     for path in (ROOT / "clframe").rglob("*.py"):
