@@ -42,7 +42,7 @@ from torch import nn
 from clframe.data import dataset_names, load_dataset
 from clframe.errors import ConfigError
 from clframe.io import atomic_torch_save
-from clframe.strategy import OPTIMIZERS
+from clframe.optim import gradient_step, make_optimizer
 from clframe.stream import Stream, TensorData
 
 log = logging.getLogger("clframe")
@@ -141,17 +141,15 @@ def pretraining_data(node: Mapping[str, Any], seed: int) -> tuple[TensorData, li
 def train_backbone(backbone: nn.Module, data: TensorData, node: Mapping[str, Any], seed: int) -> dict[str, float]:
     """Cross-entropy training of ``backbone`` + a temporary linear head (discarded afterwards)."""
 
-    if node["optimizer"] not in OPTIMIZERS:
-        raise ConfigError("pretrain.optimizer", node["optimizer"], sorted(OPTIMIZERS))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     head = nn.Linear(backbone.num_features, int(data.y.max()) + 1)
     backbone.to(device).train()
     head.to(device)
     params = [p for p in backbone.parameters() if p.requires_grad] + list(head.parameters())
-    kwargs: dict[str, Any] = {"lr": float(node["lr"]), "weight_decay": float(node["weight_decay"])}
-    if node["optimizer"] == "sgd":
-        kwargs["momentum"] = float(node["momentum"])
-    opt = OPTIMIZERS[node["optimizer"]](params, **kwargs)
+    opt = make_optimizer(
+        params, node["optimizer"], lr=node["lr"], momentum=node["momentum"], weight_decay=node["weight_decay"],
+        key="pretrain.optimizer",
+    )  # fmt: skip
     gen, bs = torch.Generator().manual_seed(seed + 1), int(node["batch_size"])
     loss_sum, correct, seen = 0.0, 0, 0
     for _ in range(int(node["epochs"])):
@@ -160,9 +158,7 @@ def train_backbone(backbone: nn.Module, data: TensorData, node: Mapping[str, Any
             x, y = data.x[idx].to(device), data.y[idx].to(device)
             out = head(backbone.forward_features(x))
             loss = F.cross_entropy(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            gradient_step(opt, loss)
             loss_sum += float(loss.detach()) * len(y)
             correct += int((out.argmax(1) == y).sum())
             seen += len(y)

@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clframe.errors import ConfigError, NonFiniteLossError
+from clframe.optim import OPTIMIZERS, check_optimizer, make_optimizer  # noqa: F401  (OPTIMIZERS: re-export)
 from clframe.registry import UNLEARNERS
 from clframe.stream import Experience, Stream, TensorLoader
 
 MASK_VALUE = -1e4  # logit of a class that is not allowed; finite so fp16 and KL stay well-defined
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 SETTINGS = ("class", "task", "domain")
 
 
@@ -92,8 +92,7 @@ class Strategy(pl.LightningModule):
             raise ConfigError("strategy.lr", lr, "a positive number")
         if batch_size <= 0:
             raise ConfigError("strategy.batch_size", batch_size, "a positive integer")
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError("strategy.optimizer", optimizer, sorted(OPTIMIZERS))
+        check_optimizer("strategy.optimizer", optimizer)
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, n_classes)
         self.n_classes, self.setting = n_classes, setting
@@ -209,10 +208,9 @@ class Strategy(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
-        kwargs: dict[str, Any] = {"lr": self.lr, "weight_decay": self.weight_decay}
-        if self.optimizer_name == "sgd":
-            kwargs["momentum"] = self.momentum
-        optimizer = OPTIMIZERS[self.optimizer_name](params, **kwargs)
+        optimizer = make_optimizer(
+            params, self.optimizer_name, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
         if not self.reset_optimizer and self.optimizer_state is not None:
             try:
                 optimizer.load_state_dict(self.optimizer_state)

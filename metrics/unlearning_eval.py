@@ -23,6 +23,7 @@ from clframe.metrics.plots_unlearning import plot_unlearning_run
 
 from clframe.evaluation import Evaluator
 from clframe.introspect import activation_layers, capture
+from clframe.optim import gradient_step, make_optimizer
 from clframe.registry import register_evaluator
 from clframe.runner import build_strategy, predict
 from clframe.stream import TensorData, split_test
@@ -223,7 +224,9 @@ class UnlearningEvaluator(Evaluator):
 
     def _relearn_curve_steps(self, model, attack: TensorData, held: TensorData, target: float, device) -> int:
         model.to(device)
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=self.relearn_lr, momentum=0.9)
+        opt = make_optimizer(
+            [p for p in model.parameters() if p.requires_grad], "sgd", lr=self.relearn_lr, momentum=0.9
+        )
         gen = torch.Generator().manual_seed(self.seed + 2)
         for step in range(self.relearn_max_steps + 1):
             if M.accuracy(predict(model, held, device), held.y) >= target:
@@ -231,10 +234,7 @@ class UnlearningEvaluator(Evaluator):
             idx = torch.randint(len(attack), (min(self.relearn_batch_size, len(attack)),), generator=gen)
             model.train()
             x, y, t = attack.x[idx].to(device), attack.y[idx].to(device), attack.task[idx].to(device)
-            loss = F.cross_entropy(model(x, t), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            gradient_step(opt, F.cross_entropy(model(x, t), y))
         return self.relearn_max_steps + 1
 
     # ------------------------------------------------------------ end of run

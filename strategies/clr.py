@@ -16,6 +16,7 @@ from clframe.strategies.reprogram import Router, TaskSwitch, wrap
 from torch import Tensor, nn
 
 from clframe.errors import ConfigError
+from clframe.optim import gradient_step, make_optimizer
 from clframe.registry import register_strategy
 from clframe.strategy import MASK_VALUE, Capabilities, Strategy
 
@@ -109,7 +110,7 @@ class CLR(Strategy):
             raise ConfigError("strategy.anchor", "rotation", ANCHORS, hint="rotation needs square images")
         anchor = [p for n, p in self.backbone.named_parameters() if ".programs." not in f".{n}"]
         clf = nn.Linear(self.backbone.num_features, 4).to(self.device)
-        opt = torch.optim.SGD([*anchor, *clf.parameters()], lr=self.proxy_lr, momentum=0.9)
+        opt = make_optimizer([*anchor, *clf.parameters()], "sgd", lr=self.proxy_lr, momentum=0.9)
         gen = torch.Generator().manual_seed(self.seed + 17)
         self.router.task = None
         self.backbone.train()
@@ -122,9 +123,7 @@ class CLR(Strategy):
                     x = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)]).to(self.device)
                     y = torch.arange(4, device=self.device).repeat_interleave(len(idx))
                     loss = F.cross_entropy(clf(self.backbone.forward_features(x)), y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    gradient_step(opt, loss)
             for p in anchor:
                 p.requires_grad_(False)
 

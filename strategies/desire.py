@@ -11,6 +11,7 @@ from clframe.strategies.feature_stats import ClassGaussians, consolidation_kl, e
 from clframe.strategies.lora import add_lora, lora_layers, set_coef
 
 from clframe.errors import ConfigError
+from clframe.optim import gradient_step, make_optimizer
 from clframe.registry import register_strategy
 from clframe.strategy import MASK_VALUE, Strategy
 
@@ -172,16 +173,13 @@ class DESIRE(Strategy):
         coefs = torch.ones(len(layers), 2, device=dev, requires_grad=True)
         for i, layer in enumerate(layers):
             layer.coef.update({OLD: coefs[i, 0], NEW: coefs[i, 1]})
-        opt = torch.optim.Adam([coefs], lr=self.cons_lr)
+        opt = make_optimizer([coefs], "adam", lr=self.cons_lr)
         x = x.to(dev)
         was_training, frozen = self.training, [p for p in self.parameters() if p.requires_grad]
         self.eval().requires_grad_(False)
         with torch.enable_grad():
             for _ in range(self.steps):
-                loss = objective(self.features(x))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                gradient_step(opt, objective(self.features(x)))
         self.train(was_training)
         for p in frozen:
             p.requires_grad_(True)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clframe.errors import ConfigError
+from clframe.optim import gradient_step, make_optimizer
 from clframe.stream import TensorData
 
 COVARIANCES = ("full", "diag")
@@ -175,7 +176,7 @@ def refine_head(
     x, y = x.to(head.weight.device), y.to(head.weight.device)
     mask = torch.zeros(head.out_features, dtype=torch.bool, device=x.device)
     mask[torch.unique(y)] = True
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    opt = make_optimizer(head.parameters(), "adam", lr=lr)
     acc = 0.0
     for _ in range(epochs):
         correct = 0
@@ -183,10 +184,7 @@ def refine_head(
             idx = idx.to(x.device)
             with torch.enable_grad():
                 out = head(x[idx]).masked_fill(~mask, -1e4)
-                loss = F.cross_entropy(out, y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                gradient_step(opt, F.cross_entropy(out, y[idx]))
             correct += int((out.argmax(1) == y[idx]).sum())
         acc = correct / len(y)
     return acc

@@ -24,8 +24,8 @@ from clframe.strategies.unlearning_pieces import accuracy_on, batches, npo_loss,
 from torch import Tensor
 
 from clframe.errors import ConfigError, NonFiniteLossError
+from clframe.optim import check_optimizer, gradient_step, make_optimizer
 from clframe.registry import register_unlearner
-from clframe.strategy import OPTIMIZERS
 from clframe.stream import split_test
 
 
@@ -54,8 +54,7 @@ class Unlearner:
         device: str = "auto",
         freeze_norm: bool = True,
     ):
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError("unlearning.optimizer", optimizer, sorted(OPTIMIZERS))
+        check_optimizer("unlearning.optimizer", optimizer)
         if steps < 0 or lr <= 0 or batch_size <= 0:
             raise ConfigError(
                 "unlearning", {"steps": steps, "lr": lr, "batch_size": batch_size}, "steps >= 0, lr > 0, batch_size > 0"
@@ -100,8 +99,7 @@ class Unlearner:
             raise ConfigError(
                 "unlearning", type(self).registry_name, hint=f"{type(strategy).__name__} has nothing to train"
             )
-        kwargs = {"lr": self.lr, **({"momentum": self.momentum} if self.optimizer == "sgd" else {})}
-        opt = OPTIMIZERS[self.optimizer](params, **kwargs)
+        opt = make_optimizer(params, self.optimizer, lr=self.lr, momentum=self.momentum)
         forget = batches(exp.forget, self.batch_size, strategy.seed, device)
         has_retain = exp.retain is not None and len(exp.retain)
         retain = batches(exp.retain, self.batch_size, strategy.seed + 1, device) if has_retain else None
@@ -110,11 +108,7 @@ class Unlearner:
             loss = self.loss(strategy, next(forget), next(retain) if retain is not None else None)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(exp.id, step, float(loss))
-            opt.zero_grad()
-            loss.backward()
-            if self.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-            opt.step()
+            gradient_step(opt, loss, clip=self.grad_clip)
             if self.eval_every and step % self.eval_every == 0:
                 self.history.append(self._probe(strategy, exp, step))
         opt.zero_grad(set_to_none=True)  # the last gradients are of forgotten samples: none may outlive the request
