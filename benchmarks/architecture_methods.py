@@ -87,9 +87,8 @@ GROUPS = {
 
 def overhead() -> None:
     """CLR parameters added per task on ResNet-18 (CIFAR stem) and on the SmallCNN."""
-    from clframe.strategies.clr import CLR
-
     from clframe.registry import BACKBONES, load_plugins
+    from clframe.strategies.clr import CLR
 
     load_plugins()
     for name, node, shape in [

@@ -19,10 +19,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from clframe.metrics import compatibility as C
-from clframe.metrics.retrieval_eval import RetrievalEvaluator
 
 from clframe.config import compose
+from clframe.metrics import compatibility as C
+from clframe.metrics.retrieval_eval import RetrievalEvaluator
 from clframe.runner import build, eval_device, learn_experience, seed_all
 from clframe.stream import Experience, TensorData
 

@@ -43,9 +43,8 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from clframe.metrics.plots_unlearning import plot_curves
-
     from clframe.config import compose
+    from clframe.metrics.plots_unlearning import plot_curves
     from clframe.runner import run
 
     out = Path(args.out)

@@ -132,9 +132,9 @@ def nmc_cost(args) -> str:
     import time
 
     import torch
-    from clframe.metrics.retrieval_eval import embed
 
     from clframe.config import compose
+    from clframe.metrics.retrieval_eval import embed
     from clframe.runner import build
 
     cfg = compose(["experiment=retrieval_split_mnist", "+scenario.classes=[5,6,7,8,9]", "strategy=nmc", *args.extra])

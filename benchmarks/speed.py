@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 
 import torch
-from clframe.scenarios.splits import split_by_classes
 from torch import nn
 
 from clframe.data import load_dataset
+from clframe.scenarios.splits import split_by_classes
 
 GROUPS = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
 LR, BATCH = 0.01, 128

@@ -115,7 +115,6 @@ def learn_once(cfg, eval_kwargs: dict):
     """Learn the experiences before the forget event once (exactly as ``clframe run`` does: same
     per-event seeds), with the unlearning evaluator watching; every method then starts from a copy."""
     from clframe.metrics.unlearning_eval import UnlearningEvaluator
-
     from clframe.runner import build, eval_device, learn_experience, start_event
 
     stream, strategy = build(cfg)
@@ -164,9 +163,8 @@ def main(argv=None) -> None:
     from clframe.io import atomic_write_text
 
     torch.set_num_threads(args.threads)
-    from clframe.metrics.plots_unlearning import plot_curves, plot_oracle_bars
-
     from clframe.config import compose
+    from clframe.metrics.plots_unlearning import plot_curves, plot_oracle_bars
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from clframe.metrics.unlearning import OracleUnavailableError
 
+from clframe.metrics.unlearning import OracleUnavailableError
 from clframe.plots import _pyplot, _save
 
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from clframe.metrics import compatibility as C
 
 from clframe.errors import ConfigError
 from clframe.evaluation import Evaluator
+from clframe.metrics import compatibility as C
 from clframe.plots import _save
 from clframe.registry import register_evaluator
 from clframe.stream import TensorData

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from clframe.metrics import unlearning as M
-from clframe.metrics.oracle import train_oracle, training_config
-from clframe.metrics.plots_unlearning import plot_unlearning_run
 
 from clframe.evaluation import Evaluator
 from clframe.introspect import activation_layers, capture
+from clframe.metrics import unlearning as M
+from clframe.metrics.oracle import train_oracle, training_config
+from clframe.metrics.plots_unlearning import plot_unlearning_run
 from clframe.optim import gradient_step, make_optimizer
 from clframe.registry import register_evaluator
 from clframe.runner import build_strategy, predict

@@ -14,12 +14,12 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-from clframe.scenarios.splits import per_class_subset, resolve_class_order, split
 
 from clframe.data import input_shape, load_dataset
 from clframe.data.cifar import augment as cifar_augment
 from clframe.errors import ConfigError
 from clframe.registry import register_scenario
+from clframe.scenarios.splits import per_class_subset, resolve_class_order, split
 from clframe.stream import Experience, Stream, TensorData
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from clframe.registry import register_strategy
 from clframe.strategies.buffers import ReplayBuffer, ReplayLoader
 from clframe.strategies.losses import frozen_copy
 from clframe.strategies.simplex import SimplexHead
-
-from clframe.registry import register_strategy
 from clframe.strategy import Strategy
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from clframe.strategies.reprogram import Router, TaskSwitch, wrap
 from torch import Tensor, nn
 
 from clframe.errors import ConfigError
 from clframe.optim import gradient_step, make_optimizer
 from clframe.registry import register_strategy
+from clframe.strategies.reprogram import Router, TaskSwitch, wrap
 from clframe.strategy import MASK_VALUE, Capabilities, Strategy
 
 ANCHORS = ("rotation", "pretrained", "random")

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from clframe.strategies.feature_stats import ClassGaussians, consolidation_kl, extract_features, refine_head
-from clframe.strategies.lora import add_lora, lora_layers, set_coef
 
 from clframe.errors import ConfigError
 from clframe.optim import gradient_step, make_optimizer
 from clframe.registry import register_strategy
+from clframe.strategies.feature_stats import ClassGaussians, consolidation_kl, extract_features, refine_head
+from clframe.strategies.lora import add_lora, lora_layers, set_coef
 from clframe.strategy import MASK_VALUE, Strategy
 
 OLD, NEW = "old", "new"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from clframe.strategies.buffers import OnlineMemory
 
 from clframe.registry import register_strategy
+from clframe.strategies.buffers import OnlineMemory
 from clframe.strategy import Strategy
 
 

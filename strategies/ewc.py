@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from clframe.strategies.losses import fisher_diagonal
 
 from clframe.registry import register_strategy
+from clframe.strategies.losses import fisher_diagonal
 from clframe.strategy import Strategy
 
 

@@ -7,12 +7,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from clframe.strategies.hypernet import box_intersection, hnet_box, hyperfan_in_init, interval_loss
-from clframe.strategies.intervals import forward_point, ibp, leaf_layers, mlp, param_shapes, unflatten
 from torch import Tensor, nn
 
 from clframe.errors import ConfigError
 from clframe.registry import register_strategy
+from clframe.strategies.hypernet import box_intersection, hnet_box, hyperfan_in_init, interval_loss
+from clframe.strategies.intervals import forward_point, ibp, leaf_layers, mlp, param_shapes, unflatten
 from clframe.strategy import MASK_VALUE, Capabilities, Strategy
 
 

@@ -6,9 +6,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from clframe.strategies.intervals import ibp
 from torch import Tensor, nn
 
+from clframe.strategies.intervals import ibp
 from clframe.strategy import MASK_VALUE
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from clframe.strategies.buffers import herding
-from clframe.strategies.losses import frozen_copy
 
 from clframe.registry import register_strategy
 from clframe.stores import DataStore
+from clframe.strategies.buffers import herding
+from clframe.strategies.losses import frozen_copy
 from clframe.strategy import MASK_VALUE, Strategy
 from clframe.stream import TensorData, TensorLoader
 

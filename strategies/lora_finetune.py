@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from clframe.strategies.lora import ensure_lora, lora_layers
-
 from clframe.registry import register_strategy
 from clframe.stores import DataStore
+from clframe.strategies.lora import ensure_lora, lora_layers
 from clframe.strategy import Strategy
 from clframe.stream import Experience, TensorData, TensorLoader
 

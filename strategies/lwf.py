@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from clframe.strategies.losses import distillation, frozen_copy
 
 from clframe.registry import register_strategy
+from clframe.strategies.losses import distillation, frozen_copy
 from clframe.strategy import Strategy
 
 

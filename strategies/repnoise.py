@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from clframe.strategies.unlearning import Unlearner
-from clframe.strategies.unlearning_pieces import repnoise_mmd
 from torch import Tensor
 
 from clframe.errors import ConfigError
 from clframe.introspect import activation_layers, capture_io
 from clframe.registry import register_unlearner
+from clframe.strategies.unlearning import Unlearner
+from clframe.strategies.unlearning_pieces import repnoise_mmd
 
 
 def pool_per_sample(t: Tensor) -> Tensor:

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from clframe.strategies.clr import CLR
-from clframe.strategies.reprogram import TaskSwitch
 from torch import nn
 
 from clframe.registry import BACKBONES, load_plugins
 from clframe.runner import build, learn_experience, predict, run
+from clframe.strategies.clr import CLR
+from clframe.strategies.reprogram import TaskSwitch
 from tests.conftest import crash_at
 
 load_plugins()
@@ -107,7 +107,6 @@ def test_forgetting_a_whole_task_is_exact_retraining(make_cfg):
     """A request that removes task 0 entirely resets its modules to their initial values: the model equals,
     bit for bit, the retrain oracle that never learned task 0 (random anchor: the anchor saw no task)."""
     from clframe.metrics.oracle import train_oracle
-
     from clframe.runner import start_event
     from clframe.stores import answer_forget_request
 

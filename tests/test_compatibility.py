@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from clframe.metrics import compatibility as C
 from clframe.strategies.simplex import dsimplex
-
 from tests.conftest import BLOBS
 
 # M[i, j]: queries of model i vs gallery of model j (lower triangle)

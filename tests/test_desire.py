@@ -3,18 +3,18 @@
 import json
 from pathlib import Path
 
-import clframe.strategies.desire as desire_module
 import numpy as np
 import pytest
 import torch
-from clframe.strategies.desire import DESIRE
-from clframe.strategies.feature_stats import ClassGaussians, consolidation_kl, gaussian_kl, refine_head
-from clframe.strategies.lora import lora_layers, set_coef
 from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
+import clframe.strategies.desire as desire_module
 from clframe.registry import load_plugins
 from clframe.runner import build, learn_experience, run
+from clframe.strategies.desire import DESIRE
+from clframe.strategies.feature_stats import ClassGaussians, consolidation_kl, gaussian_kl, refine_head
+from clframe.strategies.lora import lora_layers, set_coef
 from clframe.stream import Experience, TensorData
 from tests.conftest import BLOBS, crash_at
 

@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 import torch
-from clframe.strategies.naive import Naive
 
 from clframe.errors import ConfigError
 from clframe.fit import fit
+from clframe.strategies.naive import Naive
 
 HOOKS = (
     "setup", "configure_model", "on_fit_start", "on_train_epoch_start", "on_before_batch_transfer",

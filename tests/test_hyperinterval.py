@@ -4,11 +4,11 @@ universal embedding inside every task's box, resume with embeddings."""
 import numpy as np
 import pytest
 import torch
-from clframe.strategies.hyperinterval import HyperInterval
-from clframe.strategies.intervals import forward_point, ibp, interval_affine
 from torch import nn
 
 from clframe.runner import build, learn_experience, run
+from clframe.strategies.hyperinterval import HyperInterval
+from clframe.strategies.intervals import forward_point, ibp, interval_affine
 from tests.conftest import crash_at
 
 DIGITS = (

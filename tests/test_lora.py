@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from clframe.strategies.lora import LoRALinear, add_lora, lora_layers, lora_parameters
 from torch import nn
 
 from clframe.backbones.vit import ViT
 from clframe.errors import ConfigError
+from clframe.strategies.lora import LoRALinear, add_lora, lora_layers, lora_parameters
 
 
 def _random_lora(rank=3, seed=0) -> LoRALinear:

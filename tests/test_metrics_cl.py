@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from clframe.errors import ConfigError
 from clframe.metrics.cl import (
     average_accuracy,
     average_incremental_accuracy,
@@ -17,8 +19,6 @@ from clframe.metrics.cl import (
     retained_matrix,
     undefined_metrics,
 )
-
-from clframe.errors import ConfigError
 from tests.conftest import BLOBS
 
 R = [[0.9, 0.1, 0.2], [0.7, 0.8, 0.1], [0.5, 0.6, 0.9]]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from clframe.strategies.nmc import NMC, RunningClassMeans
 
 from clframe.backbones.simple import MLP
 from clframe.runner import run
+from clframe.strategies.nmc import NMC, RunningClassMeans
 from tests.conftest import BLOBS
 
 

@@ -73,10 +73,9 @@ def test_unknown_pretrain_key_is_rejected(make_cfg):
 
 
 def test_freeze_survives_train_mode_and_resume_restore():
-    from clframe.strategies.naive import Naive
-
     from clframe.backbones.simple import SmallCNN
     from clframe.pretrain import restore_pretraining
+    from clframe.strategies.naive import Naive
 
     strategy = Naive(SmallCNN((1, 8, 8), channels=(4,)), 3)
     restore_pretraining(strategy, {"freeze": True})  # what the runner calls on resume

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from clframe.backbones.simple import MLP
+from clframe.data import load_dataset
 from clframe.strategies.buffers import herding
 from clframe.strategies.derpp import DERpp
 from clframe.strategies.er import ER
 from clframe.strategies.er_ace import ERACE
 from clframe.strategies.icarl import ICaRL
-
-from clframe.backbones.simple import MLP
-from clframe.data import load_dataset
 from clframe.stream import Experience
 from tests.conftest import BLOBS
 

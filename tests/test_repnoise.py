@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from clframe.strategies.repnoise import RepNoise, pool_per_sample
-from clframe.strategies.unlearning_pieces import repnoise_mmd
 from scipy.spatial.distance import cdist
 
 from clframe.backbones.simple import MLP
 from clframe.registry import UNLEARNERS
+from clframe.strategies.repnoise import RepNoise, pool_per_sample
+from clframe.strategies.unlearning_pieces import repnoise_mmd
 from clframe.strategy import Strategy
 from clframe.stream import Experience, TensorData
 

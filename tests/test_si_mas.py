@@ -8,10 +8,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from clframe.strategies.mas import output_sensitivity
 
 from clframe.registry import STRATEGIES, load_plugins
 from clframe.runner import build, learn_experience, run
+from clframe.strategies.mas import output_sensitivity
 from tests.conftest import BLOBS, require_data
 
 load_plugins()

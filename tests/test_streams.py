@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from clframe.scenarios.streams import rotate
 
 from clframe.registry import SCENARIOS
+from clframe.scenarios.streams import rotate
 
 
 def test_rotate_quarter_turn_is_exact():

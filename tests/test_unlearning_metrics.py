@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from clframe.metrics import unlearning as M
 from clframe.strategies.unlearning_pieces import gaussian_mmd, npo_loss, simnpo_loss, true_logprob
 
