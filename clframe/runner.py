@@ -123,7 +123,39 @@ def class_counts(strategy, data: TensorData, device: torch.device) -> list[list[
     return [torch.bincount(data.y[right], minlength=n).tolist(), torch.bincount(data.y, minlength=n).tolist()]
 
 
+# the logger classes a resumed run may instantiate from a saved config.yaml (a run directory is untrusted input)
+SAFE_LOGGERS = (
+    "lightning.pytorch.loggers.CSVLogger",
+    "lightning.pytorch.loggers.TensorBoardLogger",
+    "lightning.pytorch.loggers.WandbLogger",
+    "lightning.pytorch.loggers.MLFlowLogger",
+)
+
+
+def check_saved_logger(node: Any) -> None:
+    """Refuse a saved ``logger`` node that could run code: its ``_target_`` must be in :data:`SAFE_LOGGERS`
+    and every other value plain (numbers, strings, booleans, null, or lists of them; no nested nodes)."""
+    if node is None:
+        return
+    target = node.get("_target_") if isinstance(node, dict) else None
+    plain = (str, int, float, bool, type(None))
+    values_ok = isinstance(node, dict) and all(
+        isinstance(v, plain) or (isinstance(v, list) and all(isinstance(x, plain) for x in v))
+        for k, v in node.items()
+        if k != "_target_"
+    )
+    if target not in SAFE_LOGGERS or not values_ok or any(str(k).startswith("_") for k in node if k != "_target_"):
+        raise ConfigError(
+            "logger",
+            target if target not in SAFE_LOGGERS else node,
+            SAFE_LOGGERS,
+            hint="a resumed run instantiates only these logger classes, with plain values, from the saved"
+            " config.yaml (a run directory is untrusted input)",
+        )
+
+
 def make_logger(cfg: DictConfig, run_dir: Path):
+    """The configured Lightning logger, instantiated non-recursively (a value is never a nested ``_target_``)."""
     if cfg.get("logger") is None:
         return None
     from hydra.utils import instantiate
@@ -131,7 +163,7 @@ def make_logger(cfg: DictConfig, run_dir: Path):
     node = OmegaConf.to_container(cfg.logger, resolve=True)
     if "WandbLogger" in node.get("_target_", ""):
         os.environ.setdefault("WANDB_MODE", "offline" if node.get("offline", True) else "online")
-    return instantiate(node, save_dir=str(run_dir))
+    return instantiate(node, save_dir=str(run_dir), _recursive_=False)
 
 
 def resolve_run_dir(cfg: DictConfig, stream: Stream) -> Path:
@@ -154,7 +186,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if not saved.is_file():
             raise ConfigError("resume", str(run_dir), hint="no config.yaml there; pass the directory of an earlier run")
         cfg = OmegaConf.load(saved)
+        check_saved_logger(OmegaConf.to_container(cfg.logger, resolve=False) if cfg.get("logger") else None)
         cfg.resume = str(run_dir)
+        cfg.run_dir = str(run_dir)  # resume= is authoritative: a moved or copied run continues where it is now
         missing = [str(p) for p in cfg.get("plugins") or () if str(p) not in sys.modules]
         if missing:
             raise ConfigError(
