@@ -1,14 +1,25 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename."""
+"""Atomic file writes (write to a temporary name in the same folder, then rename) and the run-directory lock."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from clframe.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, runs are not locked
+    fcntl = None
+
+LOCK_FILE = ".clframe.lock"
 
 
 def _atomic(path: Path, write) -> None:
@@ -36,3 +47,27 @@ def write_json(path: Path, obj: Any) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic(path, lambda fh: torch.save(obj, fh))
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``run_dir`` (file ``.clframe.lock``) for the whole run: a second
+    run or resume into the same directory fails at once instead of interleaving its files. The lock goes
+    with the process (a killed run leaves no stale lock)."""
+    if fcntl is None:
+        yield
+        return
+    fh = open(Path(run_dir) / LOCK_FILE, "a+")  # noqa: SIM115  (held open for the whole run)
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                "run_dir",
+                str(run_dir),
+                hint="another clframe process is running in this directory (it holds"
+                f" {LOCK_FILE}); wait for it or choose another run_dir",
+            ) from None
+        yield
+    finally:
+        fh.close()

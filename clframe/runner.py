@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clframe.errors import ConfigError, NonFiniteLossError
 from clframe.fit import fit
-from clframe.io import atomic_torch_save, atomic_write_text, write_json
+from clframe.io import atomic_torch_save, atomic_write_text, run_lock, write_json
 from clframe.plots import plot_run
 from clframe.pretrain import restore_pretraining, run_pretraining
 from clframe.registry import BACKBONES, EVALUATORS, SCENARIOS, STRATEGIES, UNLEARNERS, load_plugins
@@ -201,6 +201,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = resolve_run_dir(cfg, stream)
     cfg.run_dir = str(run_dir)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):  # one run per directory at a time
+        return _run_locked(cfg, stream, strategy, run_dir)
+
+
+def _run_locked(cfg: DictConfig, stream: Stream, strategy, run_dir: Path) -> dict[str, Any]:
+    """The event loop of :func:`run`, holding the run directory's lock."""
     learn_ids = [e.id for e in stream.experiences if e.kind == "learn"]
     tests = [stream.experiences[i].test for i in learn_ids]
     device = eval_device(cfg)

@@ -68,3 +68,19 @@ def test_resume_continues_a_copied_run_where_it_is_now(make_cfg, monkeypatch, tm
     assert json.loads((copy / "metrics.json").read_text())["status"] == "complete"
     assert {p: p.read_bytes() for p in original.rglob("*") if p.is_file()} == files  # the original is untouched
     assert json.loads((original / "metrics.json").read_text())["status"] != "complete"
+
+
+def test_a_second_run_into_a_locked_run_directory_fails_at_once(make_cfg):
+    """Two runs into one directory used to both exit 0 with interleaved events; now the second is refused
+    (the lock is the holder's open file: it disappears with the process, so a killed run leaves none)."""
+    import fcntl
+
+    cfg = make_cfg(*SMALL)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True)
+    with open(run_dir / ".clframe.lock", "a+") as holder:  # another process running there
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match=r"^run_dir=.* is invalid\. another clframe process is running"):
+            run(cfg)
+        assert not (run_dir / "metrics.json").exists() and not (run_dir / "events.jsonl").exists()
+    assert run(cfg)["status"] == "complete"  # released: the directory is usable again
