@@ -84,3 +84,18 @@ def test_a_second_run_into_a_locked_run_directory_fails_at_once(make_cfg):
             run(cfg)
         assert not (run_dir / "metrics.json").exists() and not (run_dir / "events.jsonl").exists()
     assert run(cfg)["status"] == "complete"  # released: the directory is usable again
+
+
+def test_atomic_writes_respect_the_umask(tmp_path):
+    """Results written atomically get the mode a plain open() would give them (mkstemp alone gives 0600)."""
+    import os
+
+    from clframe.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        (tmp_path / "b.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o644
