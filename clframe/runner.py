@@ -207,6 +207,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _run_locked(cfg: DictConfig, stream: Stream, strategy, run_dir: Path) -> dict[str, Any]:
     """The event loop of :func:`run`, holding the run directory's lock."""
+    for stray in run_dir.rglob(".*.tmp"):  # half-written files of a killed run (clframe.io's atomic writes)
+        stray.unlink(missing_ok=True)
     learn_ids = [e.id for e in stream.experiences if e.kind == "learn"]
     tests = [stream.experiences[i].test for i in learn_ids]
     device = eval_device(cfg)

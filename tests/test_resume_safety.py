@@ -99,3 +99,14 @@ def test_atomic_writes_respect_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_killed_runs_half_written_files_are_removed_on_resume(make_cfg, monkeypatch):
+    run_dir = _partial_run(make_cfg, monkeypatch)
+    strays = [run_dir / "checkpoints" / ".last.pt.k1ll3d.tmp", run_dir / ".metrics.json.x9.tmp"]
+    for p in strays:
+        p.write_bytes(b"half a file")
+    keep = run_dir / "notes.tmp"  # not one of clframe's temporary names: left alone
+    keep.write_text("mine")
+    assert run(make_cfg(f"resume={run_dir}"))["status"] == "complete"
+    assert not any(p.exists() for p in strays) and keep.read_text() == "mine"
