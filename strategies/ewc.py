@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from clframe.registry import register_strategy
-from clframe.strategies.losses import fisher_diagonal
+from clframe.strategies.losses import fisher_diagonal, weight_snapshot, weighted_drift
 from clframe.strategy import Strategy
 
 
@@ -35,9 +35,8 @@ class EWC(Strategy):
 
     def penalty(self):
         total = 0.0
-        params = dict(self.named_parameters())
         for fisher, theta in self.anchors:
-            total = total + sum((fisher[k] * (params[k] - theta[k]).pow(2)).sum() for k in fisher)
+            total = total + weighted_drift(self, fisher, theta)
         return 0.5 * self.lam * total
 
     def training_loss(self, batch):
@@ -45,7 +44,7 @@ class EWC(Strategy):
 
     def after_experience(self, exp):
         fisher = fisher_diagonal(self, exp.train, self.fisher_samples, torch.Generator().manual_seed(self.seed))
-        theta = {k: p.detach().clone() for k, p in self.named_parameters() if k in fisher}
+        theta = weight_snapshot(self, fisher)
         if self.online and self.anchors:
             old = self.anchors[0][0]
             fisher = {k: self.gamma * old[k] + f for k, f in fisher.items()}
@@ -53,8 +52,7 @@ class EWC(Strategy):
         self.anchors.append((fisher, theta))
 
     def after_forget(self, exp):
-        self.anchors = [(fisher, {k: p.detach().clone() for k, p in self.named_parameters() if k in fisher})
-                        for fisher, _ in self.anchors]  # fmt: skip
+        self.anchors = [(fisher, weight_snapshot(self, fisher)) for fisher, _ in self.anchors]
 
     def on_fit_start(self):
         self.anchors = [tuple({k: v.to(self.device) for k, v in d.items()} for d in pair) for pair in self.anchors]

@@ -1,4 +1,5 @@
-"""Loss pieces and helpers shared by strategies (distillation, frozen snapshots, Fisher)."""
+"""Loss pieces and helpers shared by strategies (distillation, frozen snapshots, weight anchors and
+importance-weighted drift, Fisher)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ def frozen_copy(strategy) -> nn.Sequential:
     for p in net.parameters():
         p.requires_grad_(False)
     return net.eval()
+
+
+def weight_snapshot(module: nn.Module, keys=None) -> dict[str, Tensor]:
+    """Detached copies of ``module``'s parameters (only those named in ``keys``, if given): a penalty's anchor."""
+    return {k: p.detach().clone() for k, p in module.named_parameters() if keys is None or k in keys}
+
+
+def weighted_drift(module: nn.Module, importance: dict[str, Tensor], anchor: dict[str, Tensor]) -> Tensor:
+    """``sum_k importance_k * (theta_k - anchor_k)^2`` over the parameters in ``importance`` (EWC, SI, MAS)."""
+    params = dict(module.named_parameters())
+    return sum((w * (params[k] - anchor[k]).pow(2)).sum() for k, w in importance.items())
 
 
 def fisher_diagonal(

@@ -6,6 +6,7 @@ import torch
 
 from clframe.errors import ConfigError
 from clframe.registry import register_strategy
+from clframe.strategies.losses import weight_snapshot, weighted_drift
 from clframe.strategy import Strategy
 
 
@@ -61,17 +62,16 @@ class MAS(Strategy):
     def training_loss(self, batch):
         loss = super().training_loss(batch)
         if self.omega:
-            params = dict(self.named_parameters())
-            loss = loss + self.lam * sum((o * (params[k] - self.anchor[k]).pow(2)).sum() for k, o in self.omega.items())
+            loss = loss + self.lam * weighted_drift(self, self.omega, self.anchor)
         return loss
 
     def after_experience(self, exp):
         new = output_sensitivity(self, exp.train, self.samples, torch.Generator().manual_seed(self.seed))
         self.omega = {k: self.omega[k] + o if k in self.omega else o for k, o in new.items()}
-        self.anchor = {k: p.detach().clone() for k, p in self.named_parameters() if k in self.omega}
+        self.anchor = weight_snapshot(self, self.omega)
 
     def after_forget(self, exp):
-        self.anchor = {k: p.detach().clone() for k, p in self.named_parameters() if k in self.omega}
+        self.anchor = weight_snapshot(self, self.omega)
 
     def on_fit_start(self):
         self.omega = {k: v.to(self.device) for k, v in self.omega.items()}

@@ -6,6 +6,7 @@ import torch
 
 from clframe.errors import ConfigError
 from clframe.registry import register_strategy
+from clframe.strategies.losses import weight_snapshot, weighted_drift
 from clframe.strategy import Strategy
 
 
@@ -40,8 +41,7 @@ class SynapticIntelligence(Strategy):
         self.start, self.w, self.before, self.share, self.last_loss = {}, {}, {}, 0.0, None  # this experience
 
     def penalty(self):
-        params = dict(self.named_parameters())
-        return self.c * sum((o * (params[k] - self.anchor[k]).pow(2)).sum() for k, o in self.omega.items())
+        return self.c * weighted_drift(self, self.omega, self.anchor)
 
     def training_loss(self, batch):
         loss = super().training_loss(batch) + (self.penalty() if self.omega else 0.0)
@@ -89,10 +89,8 @@ class SynapticIntelligence(Strategy):
             self.omega[k] = (self.omega[k] + step if k in self.omega else step).clamp(min=0)
             self.anchor[k] = params[k].detach().clone()
 
-    @torch.no_grad()
     def after_forget(self, exp):
-        params = dict(self.named_parameters())
-        self.anchor = {k: params[k].detach().clone() for k in self.anchor}
+        self.anchor = weight_snapshot(self, self.anchor)
 
     def state_for_checkpoint(self):  # the path integral of the current experience restarts at the next one
         return {"omega": self.omega, "anchor": self.anchor}
