@@ -27,7 +27,6 @@ def _integer_ticks():
 
 
 def _save(fig, path: Path) -> Path:
-
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     _atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=120))

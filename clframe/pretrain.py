@@ -72,7 +72,6 @@ def sample_hashes(data: TensorData) -> set[int]:
 
 def stream_dataset(stream: Stream) -> str | None:
     """The registered data set a stream was built from (``stream.dataset``, else its name's suffix)."""
-
     name = getattr(stream, "dataset", None) or stream.name.split("_", 1)[-1]
     return name if name in dataset_names() else None
 
@@ -125,7 +124,6 @@ def _eval_only(module: nn.Module, mode: bool = True) -> nn.Module:
 
 
 def pretraining_data(node: Mapping[str, Any], seed: int) -> tuple[TensorData, list[int]]:
-
     train, _ = load_dataset(node["dataset"])
     classes = train.classes() if node["classes"] is None else sorted(int(c) for c in node["classes"])
     unknown = sorted(set(classes) - set(train.classes()))
@@ -140,7 +138,6 @@ def pretraining_data(node: Mapping[str, Any], seed: int) -> tuple[TensorData, li
 
 def train_backbone(backbone: nn.Module, data: TensorData, node: Mapping[str, Any], seed: int) -> dict[str, float]:
     """Cross-entropy training of ``backbone`` + a temporary linear head (discarded afterwards)."""
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     head = nn.Linear(backbone.num_features, int(data.y.max()) + 1)
     backbone.to(device).train()

@@ -103,6 +103,7 @@ register_evaluator = EVALUATORS.register
 register_unlearner = UNLEARNERS.register
 
 _builtin_loaded = False
+_discovered: set[str] = set()
 
 
 def load_plugins(extra: Iterable[str] = ()) -> None:
@@ -128,7 +129,10 @@ def package_dir(pkg: str) -> Path:
 
 
 def discover(pkg: str) -> None:
-    """Import ``pkg`` and every module below it (registration by discovery; idempotent)."""
+    """Import ``pkg`` and every module below it (registration by discovery; walks each package once)."""
+    if pkg in _discovered:
+        return
+    _discovered.add(pkg)
     package = importlib.import_module(pkg)
     for info in pkgutil.walk_packages(package.__path__, prefix=f"{pkg}."):
         importlib.import_module(info.name)

@@ -74,7 +74,6 @@ def learn_experience(
     ``forgotten`` (ids forgotten so far) makes any batch that carries one of them stop the run.
     An experience whose training data were all forgotten only updates the class bookkeeping.
     Returns the number of optimiser steps taken."""
-
     strategy.train()
     strategy.before_experience(exp)
     if exp.train is None or not len(exp.train):

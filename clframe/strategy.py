@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clframe.errors import ConfigError, NonFiniteLossError
-from clframe.optim import OPTIMIZERS, check_optimizer, make_optimizer  # noqa: F401  (OPTIMIZERS: re-export)
+from clframe.optim import check_optimizer, make_optimizer
 from clframe.registry import UNLEARNERS
 from clframe.stream import Experience, Stream, TensorLoader
 

@@ -38,7 +38,6 @@ def seq_cifar10(
     """Seq-CIFAR-10 (5 x 2 classes, class- or task-IL) with random-crop + flip training augmentation
     applied per batch (``Experience.transform``); ``train_per_class`` / ``test_per_class`` take a
     seeded class-balanced subset (reduced CPU protocols)."""
-
     stream = split(
         dataset="cifar10",
         setting=setting,

@@ -147,7 +147,6 @@ class OnlineMemory:
 
     def loader(self, exp, batch_size: int, seed: int, draws: int = 1) -> ReplayLoader:
         """``draws`` memory batches per step, drawn together (without replacement) in ``batch["replay"]``."""
-
         self.transform, self.generator = exp.transform, torch.Generator().manual_seed(seed + 1)
         stream = TensorLoader(exp.train, batch_size, shuffle=True, seed=seed)
         return ReplayLoader(stream, self.buffer, draws * self.minibatch_size, seed)
