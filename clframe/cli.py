@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 USAGE = """clframe — continual learning and unlearning as events of one stream
@@ -11,33 +12,109 @@ commands:
   clframe run [KEY=VALUE ...]        run an experiment (Hydra overrides; -m for a sweep)
       e.g. clframe run scenario=split_mnist strategy=ewc strategy.lam=1000 trainer.max_epochs=2 seed=1
            clframe run -m strategy=naive,replay,ewc,lwf
-           clframe run resume=runs/<run dir>           continue a killed run
+           clframe run resume=runs/<run dir>           continue a killed run (progress_bar=, plots= may change)
+           clframe run run_dir=runs/a overwrite=true   replace the results in a non-empty run_dir
            clframe run --cfg job                       print the composed config
   clframe list [PATTERN]             registered strategies, scenarios, backbones, metrics, presets
   clframe plot RUN_DIR [RUN_DIR ...] [-o OUT]   redraw a run's plots; overlay several runs
   clframe compare RUN_DIR [...]      Markdown table of headline metrics
+
+errors are one line (exit status 2: a configuration error, 1: a failure while running);
+--debug or CLFRAME_DEBUG=1 shows the Python traceback
 """
 
 
 def _run(argv: list[str]) -> int:
+    """One run: composed and validated here (one-line errors), then :func:`clframe.runner.run`. Hydra's own
+    command line handles sweeps (``-m``) and its flags (``--cfg job``, ``--help``...)."""
+    if any(a.startswith("-") for a in argv):
+        return _run_hydra(argv)
+    from clframe.config import compose
+    from clframe.report import print_summary
+    from clframe.runner import check_resume_overrides, run
+
+    cfg = compose(argv)
+    if cfg.get("resume"):
+        check_resume_overrides(argv)
+    _console_logging()
+    print_summary(run(cfg))
+    return 0
+
+
+def _console_logging() -> None:
+    import logging
+
+    log = logging.getLogger("clframe")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+def _run_hydra(argv: list[str]) -> int:
+    """``clframe run -m ...`` and Hydra's flags: every job of a sweep runs even if one fails; each failure is
+    one line, and the exit status is the worst one."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import DictConfig
 
     from clframe.config import config_dir
 
+    worst = 0
+
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     def main(cfg: DictConfig) -> None:
+        nonlocal worst
         from clframe.report import print_summary
-        from clframe.runner import run
+        from clframe.runner import check_resume_overrides, run
 
-        if not cfg.get("run_dir") and not cfg.get("resume"):
-            cfg.run_dir = HydraConfig.get().runtime.output_dir
-        print_summary(run(cfg))
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN and not cfg.get("run_dir") and not cfg.get("resume"):
+            cfg.run_dir = hc.runtime.output_dir
+        try:
+            if cfg.get("resume"):
+                check_resume_overrides(list(hc.overrides.task))
+            print_summary(run(cfg))
+        except Exception as err:
+            if _debug():
+                raise
+            code, message = _describe(err)
+            print(f"error: {message}", file=sys.stderr)
+            worst = max(worst, code)
 
     sys.argv = ["clframe run", *argv]
     main()
-    return 0
+    return worst
+
+
+def _debug() -> bool:
+    return os.environ.get("CLFRAME_DEBUG", "") not in ("", "0")
+
+
+def _describe(err: BaseException) -> tuple[int, str]:
+    """(exit status, one-line message): 2 for a configuration error, 1 for a failure while running."""
+    from clframe.errors import ConfigError
+
+    if isinstance(err, ConfigError):
+        return 2, str(err)
+    module = type(err).__module__.split(".")[0]
+    if module in ("hydra", "omegaconf"):
+        options = getattr(err, "options", None)
+        missing = getattr(err, "missing_cfg_file", None)
+        if options and missing and "/" in missing:
+            key, value = missing.rsplit("/", 1)
+            return 2, f"{key}={value!r} is invalid; valid choices: {', '.join(options)}"
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        return 2, " ".join(lines[:2]) if lines else type(err).__name__
+    text = " ".join(str(err).split()) or type(err).__name__
+    hint = " (CLFRAME_DEBUG=1 or --debug shows the traceback)"
+    if isinstance(err, (FileNotFoundError, RuntimeError, ValueError, OSError)) and type(err).__module__.startswith(
+        "clframe"
+    ):
+        return 1, text
+    return 1, f"{type(err).__name__}: {text}{hint}"
 
 
 def _list(argv: list[str]) -> int:
@@ -92,15 +169,30 @@ COMMANDS = {"run": _run, "list": _list, "plot": _plot, "compare": _compare}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: one-line errors (exit status 2: configuration, 1: runtime failure, 130: interrupted);
+    ``--debug`` (anywhere) or ``CLFRAME_DEBUG=1`` shows the traceback instead."""
     argv = sys.argv[1:] if argv is None else argv
+    if "--debug" in argv:
+        argv = [a for a in argv if a != "--debug"]
+        os.environ["CLFRAME_DEBUG"] = "1"
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
-        print(f"unknown command {cmd!r}; valid choices: {', '.join(COMMANDS)}\n\n{USAGE}", file=sys.stderr)
+        print(f"error: unknown command {cmd!r}; valid choices: {', '.join(COMMANDS)}\n\n{USAGE}", file=sys.stderr)
         return 2
-    return COMMANDS[cmd](rest)
+    try:
+        return COMMANDS[cmd](rest)
+    except KeyboardInterrupt:
+        print("error: interrupted (finished events are kept; resume= continues the run)", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if _debug():
+            raise
+        code, message = _describe(err)
+        print(f"error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -23,6 +23,14 @@ class DataNotFoundError(FileNotFoundError):
     """A data set's files are missing under the data root (set ``CLFRAME_DATA_ROOT``)."""
 
 
+class DataError(ValueError):
+    """A data file exists but is unreadable (truncated, bad header, inconsistent); the message names it and the fix."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read; the message names the file and the fix."""
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN/inf; the runner keeps results so far and stops."""
 

@@ -70,8 +70,79 @@ def trainer_options(cfg: DictConfig) -> dict[str, Any]:
                 "1 (or one device id, e.g. [0])",
                 hint="the fabric engine trains on one device; multi-device (DDP) runs are not supported yet",
             )
+    check_trainer_values(opts)
     opts["engine"] = engine
     return opts
+
+
+PROGRESS_BARS = ["tqdm", "rich", "none"]
+
+
+def _precisions() -> list[str]:
+    import typing
+
+    from lightning.fabric.connector import _PRECISION_INPUT
+
+    return [str(v) for group in typing.get_args(_PRECISION_INPUT) for v in typing.get_args(group)]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_trainer_values(opts: dict[str, Any]) -> None:
+    """Refuse trainer values that Lightning would accept silently or misread (``gradient_clip_val=-1`` turns
+    training into gradient ascent, ``max_epochs=0`` trains nothing, ``limit_train_batches=0`` too)."""
+
+    def bad(key: str, expected: str) -> ConfigError:
+        return ConfigError(f"trainer.{key}", opts[key], expected)
+
+    epochs = opts.get("max_epochs")
+    if epochs is not None and not (_is_int(epochs) and (epochs >= 1 or epochs == -1)):
+        raise bad("max_epochs", "a positive integer, or -1 with trainer.max_steps > 0")
+    steps = opts.get("max_steps")
+    if steps is not None and not (_is_int(steps) and (steps >= 1 or steps == -1)):
+        raise bad("max_steps", "a positive integer, or -1 (no limit)")
+    limit = opts.get("limit_train_batches")
+    if limit is not None and not (
+        (_is_int(limit) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1)
+    ):
+        raise bad("limit_train_batches", "null, a positive integer (batches) or a fraction in (0, 1]")
+    accumulate = opts.get("accumulate_grad_batches")
+    if accumulate is not None and not (_is_int(accumulate) and accumulate >= 1):
+        raise bad("accumulate_grad_batches", "a positive integer")
+    clip = opts.get("gradient_clip_val")
+    if clip is not None and not (
+        isinstance(clip, (int, float)) and not isinstance(clip, bool) and math.isfinite(clip) and clip >= 0
+    ):
+        raise bad("gradient_clip_val", "null (no clipping) or a non-negative finite number")
+    every = opts.get("log_every_n_steps")
+    if every is not None and not (_is_int(every) and every >= 0):
+        raise bad("log_every_n_steps", "a non-negative integer")
+    if "deterministic" in opts and not isinstance(opts["deterministic"], bool) and opts["deterministic"] != "warn":
+        raise bad("deterministic", "true, false or warn")
+    if "precision" in opts and str(opts["precision"]) not in _precisions():
+        raise ConfigError("trainer.precision", opts["precision"], _precisions())
+    accelerators = ["auto", "cpu", "gpu", "cuda", "mps", "tpu"]
+    if "accelerator" in opts and opts["accelerator"] not in accelerators:
+        raise ConfigError("trainer.accelerator", opts["accelerator"], accelerators)
+    devices = opts.get("devices")
+    ok_devices = (
+        devices in (None, "auto", -1)
+        or (_is_int(devices) and devices >= 1)
+        or (isinstance(devices, str) and devices.strip().isdigit() and int(devices) >= 1)
+        or (isinstance(devices, list) and devices and all(_is_int(d) and d >= 0 for d in devices))
+    )
+    if not ok_devices:
+        raise bad("devices", "a positive integer, a list of device ids, or auto")
+
+
+def check_training(cfg: DictConfig) -> None:
+    """Everything :func:`fit` will read from ``cfg``, checked before a run writes anything."""
+    trainer_options(cfg)
+    bar = cfg.get("progress_bar", "tqdm")
+    if bar not in PROGRESS_BARS:
+        raise ConfigError("progress_bar", bar, PROGRESS_BARS)
 
 
 def batches_per_epoch(n_batches: int, opts: dict[str, Any]) -> int:
@@ -108,10 +179,9 @@ def planned_steps(n_batches: int, opts: dict[str, Any]) -> int:
 
 def fit(strategy, loader, cfg: DictConfig, logger=None, step_offset: int = 0) -> int:
     """Train ``strategy`` on the batches of ``loader``; return the number of optimiser steps taken."""
+    check_training(cfg)
     opts = trainer_options(cfg)
     bar = cfg.get("progress_bar", "tqdm")
-    if bar not in ("tqdm", "rich", "none"):
-        raise ConfigError("progress_bar", bar, ["tqdm", "rich", "none"])
     if opts.pop("engine") == "lightning":
         return _fit_lightning(strategy, loader, opts, bar, logger)
     return _fit_fabric(strategy, loader, opts, bar, logger, step_offset)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 import types
 from collections.abc import Mapping
@@ -42,7 +43,7 @@ from torch import nn
 from clframe.data import dataset_names, load_dataset
 from clframe.errors import ConfigError
 from clframe.io import atomic_torch_save
-from clframe.optim import gradient_step, make_optimizer
+from clframe.optim import check_optimizer, gradient_step, make_optimizer
 from clframe.stream import Stream, TensorData
 
 log = logging.getLogger("clframe")
@@ -171,7 +172,7 @@ def _node(node: Mapping[str, Any]) -> dict[str, Any]:
     node = {**KEYS, **node}
     if not node["dataset"] and not node["path"]:
         raise ConfigError("pretrain.dataset", None, hint="give a registered data set to pretrain on, or pretrain.path")
-    if int(node["epochs"]) < 0:
+    if not isinstance(node["epochs"], int) or isinstance(node["epochs"], bool) or node["epochs"] < 0:
         raise ConfigError("pretrain.epochs", node["epochs"], "a non-negative integer")
     return node
 
@@ -237,6 +238,25 @@ def _load(
         return None, []
     data, classes = pretraining_data(node, 0)
     return sample_hashes(data), classes
+
+
+def check_pretraining(node: Mapping[str, Any]) -> None:
+    """The pretraining node's keys, values and file, checked before a run writes anything."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    node = _node(node)
+    if node["path"]:
+        if not Path(node["path"]).is_file():
+            raise ConfigError("pretrain.path", str(node["path"]), hint=f"file not found (a run writes {SAVED_NAME})")
+        return
+    check_optimizer("pretrain.optimizer", node["optimizer"])
+    lr = node["lr"]
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
+        raise ConfigError("pretrain.lr", lr, "a positive finite number")
+    if not (isinstance(node["batch_size"], int) and node["batch_size"] > 0):
+        raise ConfigError("pretrain.batch_size", node["batch_size"], "a positive integer")
 
 
 def restore_pretraining(strategy, info: Mapping[str, Any] | None) -> None:

@@ -22,8 +22,11 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import math
 import pkgutil
-from collections.abc import Callable, Iterable, Mapping
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,7 @@ class Registry:
                     valid = sorted(accepted - set(extra))
                     hint = f"unknown option for {self.kind} {node['name']!r}"
                     raise ConfigError(f"{self.kind}.{key}", kwargs[key], valid, hint=hint)
+        check_types(self.kind, obj, kwargs)
         return obj(**kwargs, **extra)
 
 
@@ -85,6 +89,66 @@ def accepted_params(obj: Callable) -> set[str] | None:
         if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             return names
     return None
+
+
+def _inits(obj: Callable) -> list[Callable]:
+    if inspect.isclass(obj):
+        return [c.__dict__["__init__"] for c in obj.__mro__ if "__init__" in c.__dict__ and c is not object]
+    return [obj]
+
+
+def _annotations(obj: Callable) -> dict[str, Any]:
+    """Resolved parameter annotations of ``obj`` (for classes, of every ``__init__`` up the chain)."""
+    hints: dict[str, Any] = {}
+    for fn in reversed(_inits(obj)):
+        try:
+            hints.update(typing.get_type_hints(fn))
+        except Exception:  # an annotation that cannot be resolved here is not checked
+            continue
+    hints.pop("return", None)
+    return hints
+
+
+_SCALARS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+
+
+def _expected(tp: Any) -> list[str] | None:
+    """Descriptions of the plain types ``tp`` allows (``None`` for annotations this check leaves alone)."""
+    if tp is type(None):
+        return ["null"]
+    if tp in _SCALARS:
+        return [_SCALARS[tp]]
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_expected(a) for a in typing.get_args(tp)]
+        return None if any(p is None for p in parts) else [d for p in parts for d in p]
+    if origin in (list, tuple, Sequence) or tp in (list, tuple):
+        return ["a list"]
+    return None
+
+
+def _fits(value: Any, description: str) -> bool:
+    if description == "null":
+        return value is None
+    if description == "true or false":
+        return isinstance(value, bool)
+    if description == "an integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if description == "a finite number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if description == "a string":
+        return isinstance(value, str)
+    return isinstance(value, Sequence) and not isinstance(value, str) or type(value).__name__ == "ListConfig"
+
+
+def check_types(kind: str, obj: Callable, kwargs: Mapping[str, Any]) -> None:
+    """Refuse a config value whose type does not match the annotation of the parameter it sets
+    (``strategy.lam=abc``, ``shuffle_classes=maybe``, ``lr=nan``): a typed check before anything is built."""
+    hints = _annotations(obj)
+    for key, value in kwargs.items():
+        expected = _expected(hints[key]) if key in hints else None
+        if expected and not any(_fits(value, d) for d in expected):
+            raise ConfigError(f"{kind}.{key}", value, " or ".join(expected))
 
 
 STRATEGIES = Registry("strategy")

@@ -6,12 +6,18 @@ it directly with a config from :func:`clframe.config.compose`.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
 import random
+import shutil
 import sys
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +25,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from clframe.errors import ConfigError, NonFiniteLossError
-from clframe.fit import fit
-from clframe.io import atomic_torch_save, atomic_write_text, run_lock, write_json
+from clframe.errors import CheckpointError, ConfigError, NonFiniteLossError
+from clframe.fit import check_training, fit
+from clframe.io import LOCK_FILE, atomic_torch_save, atomic_write_text, run_lock, write_json
 from clframe.plots import plot_run
-from clframe.pretrain import restore_pretraining, run_pretraining
+from clframe.pretrain import check_pretraining, restore_pretraining, run_pretraining
 from clframe.registry import BACKBONES, EVALUATORS, SCENARIOS, STRATEGIES, UNLEARNERS, load_plugins
 from clframe.stores import WatchedLoader, answer_forget_request
 from clframe.strategy import check_capabilities
@@ -43,10 +49,49 @@ def build(cfg: DictConfig) -> tuple[Stream, Any]:
     """Build the stream and the strategy (with its backbone) described by ``cfg``; refuse a combination the
     strategy does not support (:func:`~clframe.strategy.check_capabilities`) before anything is written."""
     load_plugins(cfg.get("plugins") or ())
+    check_run_keys(cfg)
+    check_training(cfg)
+    if cfg.get("pretrain"):
+        check_pretraining(cfg.pretrain)
     stream = SCENARIOS.build(cfg.scenario, seed=int(cfg.seed))
     strategy = build_strategy(cfg, stream)
-    check_capabilities(strategy, stream, (cfg.get("unlearning") or {}).get("name"))
+    unlearning = (cfg.get("unlearning") or {}).get("name")
+    check_capabilities(strategy, stream, unlearning)
+    if unlearning and not any(e.kind == "forget" for e in stream.experiences):
+        warnings.warn(f"unlearning={unlearning} has nothing to answer: the stream has no forget request", stacklevel=2)
     return stream, strategy
+
+
+def build_evaluators(cfg: DictConfig) -> dict[str, Any]:
+    """The configured evaluators by name (built before the run directory exists: bad options fail first)."""
+    nodes = cfg.get("evaluators") or []
+    for i, node in enumerate(nodes):
+        if not hasattr(node, "get") or not node.get("name"):
+            raise ConfigError(f"evaluators.{i}", node, EVALUATORS.names(), hint="each evaluator is {name: ..., ...}")
+    return {node["name"]: EVALUATORS.build(node) for node in nodes}
+
+
+# top-level keys of experiments/config.yaml and their types (the groups are checked by their registries)
+RUN_KEYS = {
+    "seed": (int,), "run_dir": (str, type(None)), "resume": (str, type(None)), "overwrite": (bool,),
+    "plots": (bool,), "keep_checkpoints": (bool,),
+}  # fmt: skip
+
+
+def check_run_keys(cfg: DictConfig) -> None:
+    """Types of the top-level keys, and a ``name`` in every group node."""
+    for key, types in RUN_KEYS.items():
+        value = cfg.get(key)
+        if key in cfg and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            names = {int: "an integer", str: "a path", bool: "true or false", type(None): "null"}
+            raise ConfigError(key, value, " or ".join(names[t] for t in types))
+    for key in ("evaluators", "plugins"):
+        if cfg.get(key) is not None and not OmegaConf.is_list(cfg[key]) and not isinstance(cfg[key], list):
+            raise ConfigError(key, cfg[key], "a list, e.g. [a, b]")
+    for group in ("scenario", "strategy", "backbone"):
+        node = cfg.get(group)
+        if node is None or not OmegaConf.is_dict(node) or not node.get("name"):
+            raise ConfigError(group, node, hint=f"a {group} node with a name (clframe list)")
 
 
 def build_strategy(cfg: DictConfig, stream: Stream):
@@ -165,6 +210,77 @@ def make_logger(cfg: DictConfig, run_dir: Path):
     return instantiate(node, save_dir=str(run_dir), _recursive_=False)
 
 
+# what a resumed run takes from the caller's config instead of the saved one (nothing that changes results)
+SAFE_RESUME_KEYS = ("progress_bar", "plots", "keep_checkpoints")
+# what clframe writes into a run directory (``overwrite=true`` removes these and nothing else)
+RUN_OUTPUTS = (
+    "config.yaml", "metrics.json", "events.jsonl", "accuracy_matrix.csv", "run.log", "checkpoints", "plots", "logs",
+    "wandb", "oracle_cache",
+)  # fmt: skip
+
+
+def check_resume_overrides(overrides: list[str]) -> None:
+    """Refuse command-line overrides that ``resume=`` would ignore (the saved config is authoritative);
+    :data:`SAFE_RESUME_KEYS` are honoured."""
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    ignored = [o for o, k in zip(overrides, keys) if k not in ("resume", *SAFE_RESUME_KEYS) and "=" in o]
+    if ignored:
+        raise ConfigError(
+            "resume",
+            ignored[0],
+            hint="a resumed run continues with its saved config.yaml; overrides allowed with resume=: "
+            + ", ".join(SAFE_RESUME_KEYS)
+            + f" (refused: {' '.join(ignored)}); start a new run to change anything else",
+        )
+
+
+def resumed_config(cfg: DictConfig) -> DictConfig:
+    """The saved config of the run at ``cfg.resume``, checked (it is untrusted input), with the caller's
+    :data:`SAFE_RESUME_KEYS`."""
+    run_dir = Path(cfg.resume)
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError("resume", str(run_dir), hint="no config.yaml there; pass the directory of an earlier run")
+    try:
+        loaded = OmegaConf.load(saved)
+    except Exception as err:
+        raise ConfigError("resume", str(run_dir), hint=f"{saved} is not a readable config ({err})") from None
+    check_saved_logger(OmegaConf.to_container(loaded.logger, resolve=False) if loaded.get("logger") else None)
+    for key in SAFE_RESUME_KEYS:
+        if key in cfg:
+            loaded[key] = cfg[key]
+    loaded.resume = str(run_dir)
+    loaded.run_dir = str(run_dir)  # resume= is authoritative: a moved or copied run continues where it is now
+    missing = [str(p) for p in loaded.get("plugins") or () if str(p) not in sys.modules]
+    if missing:
+        raise ConfigError(
+            "plugins",
+            missing,
+            hint="the run used these plugins; resuming never imports code named in a run"
+            f" directory: pass plugins=[{','.join(missing)}] with resume= if you trust them",
+        )
+    return loaded
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a fresh run into a directory that holds files (``overwrite=true`` removes clframe's outputs first;
+    ``resume=`` continues the run there). Called with the directory's lock held."""
+    if resume:
+        return
+    present = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
+    if present and not overwrite:
+        raise ConfigError(
+            "run_dir",
+            str(run_dir),
+            hint=f"not empty ({', '.join(present[:4])}{', ...' if len(present) > 4 else ''}): pass resume={run_dir}"
+            " to continue that run, overwrite=true to replace its results, or another run_dir",
+        )
+    for name in present:
+        if name in RUN_OUTPUTS:
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def resolve_run_dir(cfg: DictConfig, stream: Stream) -> Path:
     if cfg.get("run_dir"):
         return Path(cfg.run_dir)
@@ -175,36 +291,48 @@ def resolve_run_dir(cfg: DictConfig, stream: Stream) -> Path:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the experiment described by ``cfg``; return the content of ``metrics.json``.
 
-    With ``cfg.resume`` set to an earlier run directory, its saved config is used and the
-    run continues after the last checkpointed experience.
+    With ``cfg.resume`` set to an earlier run directory, its saved config is used (plus the caller's
+    :data:`SAFE_RESUME_KEYS`) and the run continues after the last checkpointed experience. Everything is
+    validated before the run directory is created or touched.
     """
     load_plugins(cfg.get("plugins") or ())  # the caller's choice (a saved run directory never imports code)
     if cfg.get("resume"):
-        run_dir = Path(cfg.resume)
-        saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            raise ConfigError("resume", str(run_dir), hint="no config.yaml there; pass the directory of an earlier run")
-        cfg = OmegaConf.load(saved)
-        check_saved_logger(OmegaConf.to_container(cfg.logger, resolve=False) if cfg.get("logger") else None)
-        cfg.resume = str(run_dir)
-        cfg.run_dir = str(run_dir)  # resume= is authoritative: a moved or copied run continues where it is now
-        missing = [str(p) for p in cfg.get("plugins") or () if str(p) not in sys.modules]
-        if missing:
-            raise ConfigError(
-                "plugins",
-                missing,
-                hint="the run used these plugins; resuming never imports code named in a run"
-                f" directory: pass plugins=[{','.join(missing)}] with resume= if you trust them",
-            )
+        cfg = resumed_config(cfg)
     stream, strategy = build(cfg)
+    evaluators = build_evaluators(cfg)
     run_dir = resolve_run_dir(cfg, stream)
     cfg.run_dir = str(run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):  # one run per directory at a time
-        return _run_locked(cfg, stream, strategy, run_dir)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with run_lock(run_dir):  # one run per directory at a time
+            prepare_run_dir(run_dir, resume=bool(cfg.get("resume")), overwrite=bool(cfg.get("overwrite")))
+            with _run_log(run_dir):
+                return _run_locked(cfg, stream, strategy, evaluators, run_dir)
+    except ConfigError:
+        if created and not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+            shutil.rmtree(run_dir, ignore_errors=True)  # refused before anything was written: leave no trace
+        raise
 
 
-def _run_locked(cfg: DictConfig, stream: Stream, strategy, run_dir: Path) -> dict[str, Any]:
+@contextmanager
+def _run_log(run_dir: Path) -> Iterator[None]:
+    """Copy clframe's log records into ``run_dir/run.log`` for the duration of the run."""
+    handler = logging.FileHandler(run_dir / "run.log", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    level = log.level
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        handler.close()
+
+
+def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str, Any], run_dir: Path) -> dict:
     """The event loop of :func:`run`, holding the run directory's lock."""
     for stray in run_dir.rglob(".*.tmp"):  # half-written files of a killed run (clframe.io's atomic writes)
         stray.unlink(missing_ok=True)
@@ -212,10 +340,6 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, run_dir: Path) -> dic
     tests = [stream.experiences[i].test for i in learn_ids]
     device = eval_device(cfg)
     seed = int(cfg.seed)
-
-    evaluators = {node["name"]: EVALUATORS.build(node) for node in cfg.get("evaluators") or []}
-    for ev in evaluators.values():
-        ev.setup(cfg, run_dir)
     state: dict[str, Any] = {
         "next": 0,
         "rows": [],
@@ -228,28 +352,33 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, run_dir: Path) -> dic
         "counts": [],  # per event, per test column: [correct per class, samples per class]
         "random_init_counts": None,
         "forget_requests": [],
+        "log_rows": 0,  # data rows of the CSV log written by the checkpointed events
     }
     ckpt_path = run_dir / CHECKPOINT
-    if cfg.get("resume") and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(ckpt_path) if cfg.get("resume") and ckpt_path.is_file() else None
+    logger = make_logger(cfg, run_dir)  # before anything is written: a logger that fails destroys nothing
+    for ev in evaluators.values():
+        ev.setup(cfg, run_dir)
+    if ckpt is not None:
         strategy.restore_checkpoint_state(ckpt["extra"])
         strategy.load_state_dict(ckpt["model"])
         strategy.optimizer_state = ckpt.get("optimizer")
-        state = ckpt["runner"]
+        state = {**state, **ckpt["runner"]}
         if state.get("pretrain"):  # re-apply what weights do not carry (a frozen backbone)
             restore_pretraining(strategy, state["pretrain"])
         for name, ev in evaluators.items():
             ev.load_state(ckpt.get("evaluators", {}).get(name, {}))
+        _write_events(run_dir, state)  # the log of exactly the checkpointed events (a kill may have cut it)
+        restore_csv_log(logger, state.get("log_rows"))
         log.info("resuming %s at experience %d", run_dir, state["next"])
     else:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
-        (run_dir / "events.jsonl").unlink(missing_ok=True)  # a fresh run into an old folder starts a new log
+        _write_events(run_dir, state)
         if cfg.get("pretrain"):
             state["pretrain"] = run_pretraining(strategy, cfg.pretrain, stream, seed=seed, run_dir=run_dir)
         state["random_init_counts"] = [class_counts(strategy, d, device) for d in tests]
         state["random_init"] = [_acc(c) for c in state["random_init_counts"]]
 
-    logger = make_logger(cfg, run_dir)
     result: dict[str, Any] = {}
     status, error = "running", None
     try:
@@ -276,6 +405,10 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, run_dir: Path) -> dic
             state["row_events"].append({"id": exp.id, "kind": exp.kind, "name": exp.name})
             state["timing"].append(time.perf_counter() - t0)
             state["next"] = exp.id + 1
+            if logger is not None:  # logged before the checkpoint, which records how many CSV rows are final
+                logger.log_metrics({f"exp_{j}/test/acc": a for j, a in zip(learn_ids, row)}, step=exp.id)
+                logger.save()
+                state["log_rows"] = csv_log_rows(logger)
             strategy.cpu()
             checkpoint = {
                 "model": strategy.state_dict(),
@@ -288,13 +421,13 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, run_dir: Path) -> dic
             if cfg.get("keep_checkpoints"):
                 atomic_torch_save(checkpoint, run_dir / f"checkpoints/{exp.name}.pt")
             result = _write_results(run_dir, cfg, stream, state, status, error)
-            _append_event(run_dir, exp, row, state["timing"][-1])
-            if logger is not None:
-                logger.log_metrics({f"exp_{j}/test/acc": a for j, a in zip(learn_ids, row)}, step=exp.id)
-                logger.save()
+            _write_events(run_dir, state)
         status = "complete"
     except NonFiniteLossError as err:
         status, error = "failed", str(err)
+        raise
+    except KeyboardInterrupt:
+        status, error = "interrupted", "KeyboardInterrupt"
         raise
     except BaseException as err:
         status, error = "failed", f"{type(err).__name__}: {err}"
@@ -302,7 +435,7 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, run_dir: Path) -> dic
     finally:
         result = _write_results(run_dir, cfg, stream, state, status, error)
         if logger is not None and hasattr(logger, "finalize"):
-            logger.finalize("success" if status == "complete" else "failed")
+            logger.finalize("success" if status == "complete" else status)
     if status == "complete" and evaluators:
         for ev in evaluators.values():
             result["metrics"].update(ev.finalize(run_dir, result))
@@ -398,6 +531,61 @@ def _write_results(run_dir: Path, cfg, stream: Stream, state, status: str, error
     return result
 
 
-def _append_event(run_dir: Path, exp, row: list[float], seconds: float) -> None:
-    with open(run_dir / "events.jsonl", "a") as fh:
-        fh.write(json.dumps({"id": exp.id, "kind": exp.kind, "name": exp.name, "acc": row, "seconds": seconds}) + "\n")
+def _write_events(run_dir: Path, state: dict[str, Any]) -> None:
+    """``events.jsonl``: one line per finished event, rewritten from the runner state (atomic, so the file
+    always matches the last checkpoint or the one being written)."""
+    lines = [
+        json.dumps({"id": ev["id"], "kind": ev["kind"], "name": ev["name"], "acc": row, "seconds": sec})
+        for ev, row, sec in zip(state["row_events"], state["rows"], state["timing"])
+    ]
+    atomic_write_text(run_dir / "events.jsonl", "".join(line + "\n" for line in lines))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """``checkpoints/last.pt`` (tensors and plain containers only); a damaged file names itself and the fix."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"{path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            f"if the keep_checkpoints copies exist, copy the newest over it, or delete it to restart this run"
+        ) from None
+    if not isinstance(ckpt, dict) or not {"model", "extra", "runner"} <= set(ckpt):
+        raise CheckpointError(f"{path} is not a clframe checkpoint (keys model, extra, runner); delete it to restart")
+    return ckpt
+
+
+def _csv_path(logger) -> Path | None:
+    """The metrics file of a Lightning ``CSVLogger`` (found without touching ``logger.experiment``)."""
+    if type(logger).__name__ != "CSVLogger" or not hasattr(logger, "log_dir"):
+        return None
+    return Path(logger.log_dir) / "metrics.csv"
+
+
+def csv_log_rows(logger) -> int:
+    """Data rows in the CSV log now (0 for other loggers)."""
+    path = _csv_path(logger)
+    if path is None or not path.is_file():
+        return 0
+    with open(path, newline="") as fh:
+        return max(0, sum(1 for _ in csv.reader(fh)) - 1)
+
+
+def restore_csv_log(logger, rows: int | None) -> None:
+    """On resume, keep the first ``rows`` rows of the CSV log (those of the checkpointed events; ``None``: all)
+    — Lightning's CSV writer deletes an existing file when it starts."""
+    path = _csv_path(logger)
+    if path is None or not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        header, kept = list(reader.fieldnames or []), list(reader)
+    kept = kept if rows is None else kept[:rows]
+    writer = logger.experiment  # the writer removes the old file here
+    if header:
+        buf = io.StringIO()
+        out = csv.DictWriter(buf, fieldnames=header)
+        out.writeheader()
+        out.writerows(kept)
+        atomic_write_text(path, buf.getvalue())
+        writer.metrics_keys = list(header)

@@ -88,8 +88,12 @@ class Strategy(pl.LightningModule):
         reset_optimizer: bool = True,
     ):
         super().__init__()
-        if lr <= 0:
-            raise ConfigError("strategy.lr", lr, "a positive number")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ConfigError("strategy.lr", lr, "a positive finite number")
+        if not (math.isfinite(momentum) and 0 <= momentum < 1):
+            raise ConfigError("strategy.momentum", momentum, "a number in [0, 1)")
+        if not (math.isfinite(weight_decay) and weight_decay >= 0):
+            raise ConfigError("strategy.weight_decay", weight_decay, "a non-negative finite number")
         if batch_size <= 0:
             raise ConfigError("strategy.batch_size", batch_size, "a positive integer")
         check_optimizer("strategy.optimizer", optimizer)
