@@ -8,6 +8,10 @@ Pipeline (each step runs once per machine, later runs load the tensor file in ~1
 2. the JPEGs are decoded once into ``<cache>/cifar10-jpg/cifar10_uint8.pt`` (uint8 NCHW,
    written atomically; class index = sorted folder names, as ``torchvision.datasets.ImageFolder``).
 
+Broken files raise :class:`~clframe.errors.DataError` naming the file and the fix: a truncated
+archive, a corrupt JPEG or a missing split (delete the extracted folder to re-extract); a
+corrupt tensor file is deleted and rebuilt automatically, after a warning.
+
 ``<cache>`` is the data root when it is writable; otherwise (CI copies ``shared/`` read-only)
 ``$CLFRAME_CACHE_DIR`` or ``~/.cache/clframe``, and a warning says so.
 
@@ -19,18 +23,22 @@ batched tensor ops on the batch's device) is applied per batch via ``Experience.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
+import pickle
 import shutil
 import tarfile
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from clframe.data import data_root, register_dataset, require_files
+from clframe.errors import DataError
 from clframe.io import atomic_torch_save
 from clframe.stream import TensorData
 
@@ -67,14 +75,21 @@ def _writable(folder: Path) -> bool:
 
 
 def extract(archive: Path, dest: Path) -> Path:
-    """Extract ``archive`` to ``dest`` atomically (temp folder + rename); no-op if already done."""
+    """Extract ``archive`` to ``dest`` atomically (temp folder + rename); no-op if already done.
+    A truncated or corrupt archive raises :class:`DataError` and leaves nothing behind."""
     if (dest / _DONE).is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp"))
     try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+            raise DataError(
+                f"{archive} is truncated or corrupt ({_reason(err)}); "
+                "replace it with an intact copy (clframe never downloads data)"
+            ) from err
         (tmp / _DONE).write_text("ok\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared by every user of the data root
         try:
@@ -88,19 +103,53 @@ def extract(archive: Path, dest: Path) -> Path:
     return dest
 
 
+def _reason(err: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message`` (torch's unpickling errors span many lines)."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {first[:limit]}{'...' * (len(first) > limit)}"
+
+
+def _class_folders(folder: Path, fix: str) -> list[str]:
+    if not folder.is_dir():
+        raise DataError(f"{folder} is missing (expected {folder.name}/<class>/NNNN.jpg); {fix}")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{folder} has no class folders (expected {folder.name}/<class>/NNNN.jpg); {fix}")
+    return classes
+
+
 def decode_folder(folder: Path) -> dict[str, Tensor]:
-    """Decode ``folder/{train,test}/<class>/*.jpg`` into uint8 NCHW tensors (ImageFolder class order)."""
+    """Decode ``folder/{train,test}/<class>/*.jpg`` into uint8 NCHW tensors (ImageFolder class order).
+
+    A missing split, mismatched class folders, an empty class or an undecodable / odd-sized JPEG
+    raises :class:`DataError` naming the path and the fix (delete the extracted folder)."""
     import numpy as np
     from PIL import Image
 
+    fix = f"delete {folder} so the next run extracts it again from {ARCHIVE}"
     out: dict[str, Tensor] = {}
-    classes = sorted(p.name for p in (folder / "train").iterdir() if p.is_dir())
+    classes = _class_folders(folder / "train", fix)
+    shape = None
     for split in ("train", "test"):
+        found = _class_folders(folder / split, fix)
+        if found != classes:
+            raise DataError(f"{folder / split} has class folders {found}, but train/ has {classes}; {fix}")
         images, labels = [], []
         for label, name in enumerate(classes):
-            for path in sorted((folder / split / name).glob("*.jpg")):
-                with Image.open(path) as im:
-                    images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+            paths = sorted((folder / split / name).glob("*.jpg"))
+            if not paths:
+                raise DataError(f"{folder / split / name} holds no .jpg images; {fix}")
+            for path in paths:
+                try:
+                    with Image.open(path) as im:
+                        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+                except (OSError, SyntaxError, ValueError) as err:  # PIL: unidentified / truncated image
+                    raise DataError(f"{path} is not a readable JPEG ({_reason(err)}); {fix}") from err
+                if shape is None:
+                    shape = arr.shape
+                elif arr.shape != shape:
+                    raise DataError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, the others {shape[1]}x{shape[0]}; {fix}")
+                images.append(arr)
                 labels.append(label)
         out[f"{split}_x"] = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
         out[f"{split}_y"] = torch.tensor(labels, dtype=torch.long)
@@ -153,11 +202,46 @@ def augment(x: Tensor, padding: int = 4) -> Tensor:
     return padded[idx_n, idx_c, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
 
 
+def read_tensors(path: Path) -> dict:
+    """Load and check the tensor cache written by :func:`prepare`; an unreadable or inconsistent
+    file raises :class:`DataError` ("delete it to rebuild")."""
+    fix = f"delete {path} to rebuild it from the JPEGs"
+    try:
+        data = torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        raise DataError(f"{path} is not a readable tensor cache ({_reason(err)}); {fix}") from err
+    keys = {"train_x", "train_y", "test_x", "test_y", "classes"}
+    if not isinstance(data, dict) or not keys <= set(data):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise DataError(f"{path} lacks the entries {sorted(keys)} (found {found}); {fix}")
+    for split in ("train", "test"):
+        x, y = data[f"{split}_x"], data[f"{split}_y"]
+        ok = isinstance(x, Tensor) and isinstance(y, Tensor) and x.dtype == torch.uint8 and x.dim() == 4
+        if not ok or x.shape[1] != 3 or len(x) != len(y) or len(x) == 0:
+            raise DataError(f"{path}: {split}_x / {split}_y are not matching uint8 (N, 3, H, W) / (N,) tensors; {fix}")
+    return data
+
+
+def load_tensors(root: Path | None = None) -> dict:
+    """The decoded uint8 tensors (:func:`prepare` + :func:`read_tensors`). A corrupt cache file is
+    rebuilt once, after a warning; if the rebuilt one is unreadable too, the :class:`DataError` stands."""
+    path, _ = prepare(root)
+    try:
+        return read_tensors(path)
+    except DataError as err:
+        log.warning("%s; doing that now", err)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            raise err from None
+        path, _ = prepare(root)
+        return read_tensors(path)
+
+
 @register_dataset("cifar10")
 def load_cifar10() -> tuple[TensorData, TensorData]:
     """CIFAR-10 (50,000 train / 10,000 test, 10 classes) as normalised float tensors (N, 3, 32, 32)."""
-    path, _ = prepare()
-    data = torch.load(path, weights_only=True)
+    data = load_tensors()
     return (
         TensorData.from_tensors(normalize(data["train_x"]), data["train_y"]),
         TensorData.from_tensors(normalize(data["test_x"]), data["test_y"]),
