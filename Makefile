@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/clframe run experiment=quickstart run_dir=runs/quickstart progress_bar=none
+	$(BIN)/clframe run experiment=quickstart run_dir=runs/quickstart overwrite=true progress_bar=none
 	@echo "plots: runs/quickstart/plots/*.png"
 
 test: $(STAMP)

@@ -119,7 +119,11 @@ def main(groups: list[str]) -> None:
             done = Path(f"runs/architecture_methods/{group}/{slug}/metrics.json")
             res = json.loads(done.read_text()) if done.is_file() else {}
             if res.get("status") != "complete":  # finished runs are read back, not repeated
-                res = run(compose([*COMMON, f"run_dir=runs/architecture_methods/{group}/{slug}", *overrides]))
+                res = run(
+                    compose(
+                        [*COMMON, f"run_dir=runs/architecture_methods/{group}/{slug}", "overwrite=true", *overrides]
+                    )
+                )
             m = res["metrics"]
             rows.append(
                 f"| {label} | {100 * m['cl/avg_acc']:.2f} | {100 * m['cl/forgetting']:.2f} | "

@@ -63,7 +63,7 @@ def main() -> None:
             if args.methods and label not in args.methods:
                 continue
             run_dir = Path(args.runs) / variant / re.sub(r"[^A-Za-z0-9_+-]", "", label.replace(" ", "_"))
-            overrides = [f"experiment={preset}", *METHODS[label], f"run_dir={run_dir}", *base]
+            overrides = [f"experiment={preset}", *METHODS[label], f"run_dir={run_dir}", "overwrite=true", *base]
             if pretrained is not None:
                 overrides.append(f"pretrain.path={pretrained}")
             done = run_dir / "metrics.json"

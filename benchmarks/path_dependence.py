@@ -60,6 +60,7 @@ def main(argv=None) -> None:
                 f"scenario.order=[{','.join(map(str, order))}]",
                 f"seed={args.seed}",
                 f"run_dir={out / 'runs' / f'{args.dataset}_{args.method}{args.tag}_{name}'}",
+                "overwrite=true",
                 "logger=none",
                 "progress_bar=none",
                 "plots=false",

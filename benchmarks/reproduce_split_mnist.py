@@ -54,6 +54,7 @@ def main() -> None:
             f"trainer.max_steps={args.steps}",
             f"seed={args.seed}",
             f"run_dir={run_dir}",
+            "overwrite=true",
             "progress_bar=none",
             "logger=none",
         ]

@@ -30,7 +30,7 @@ def run_one(overrides: list[str], run_dir: Path) -> dict:
         m = json.loads((run_dir / "metrics.json").read_text())
         if m["status"] == "complete":
             return m
-    cfg = compose([*overrides, f"run_dir={run_dir}", "logger=none", "progress_bar=none"])
+    cfg = compose([*overrides, f"run_dir={run_dir}", "overwrite=true", "logger=none", "progress_bar=none"])
     return run(cfg)
 
 

@@ -34,6 +34,7 @@ def main() -> None:
                 f"experiment=seq_cifar10_{m}_cpu",
                 f"seed={args.seed}",
                 f"run_dir={args.out}/{m}_s{args.seed}",
+                "overwrite=true",
                 "logger=none",
                 "plots=false",
                 "progress_bar=none",

@@ -183,6 +183,7 @@ def main(argv=None) -> None:
             f"scenario.requests={REQUESTS[req]}",
             f"seed={args.seed}",
             f"run_dir={out / 'runs' / f'{args.dataset}_{req}'}",
+            "overwrite=true",
             "logger=none",
             "progress_bar=none",
             "plots=false",

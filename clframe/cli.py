@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import contextmanager
+
+from clframe.errors import ConfigError
 
 USAGE = """clframe — continual learning and unlearning as events of one stream
 
@@ -36,20 +39,26 @@ def _run(argv: list[str]) -> int:
     cfg = compose(argv)
     if cfg.get("resume"):
         check_resume_overrides(argv)
-    _console_logging()
-    print_summary(run(cfg))
+    with _console_logging():
+        print_summary(run(cfg))
     return 0
 
 
-def _console_logging() -> None:
+@contextmanager
+def _console_logging():
+    """clframe's log records on stdout for the duration of one command (as Hydra's job logging would)."""
     import logging
 
-    log = logging.getLogger("clframe")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
+    log, handler = logging.getLogger("clframe"), logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def _run_hydra(argv: list[str]) -> int:
@@ -95,10 +104,8 @@ def _debug() -> bool:
 
 def _describe(err: BaseException) -> tuple[int, str]:
     """(exit status, one-line message): 2 for a configuration error, 1 for a failure while running."""
-    from clframe.errors import ConfigError
-
     if isinstance(err, ConfigError):
-        return 2, str(err)
+        return 2, " ".join(str(err).split())
     module = type(err).__module__.split(".")[0]
     if module in ("hydra", "omegaconf"):
         options = getattr(err, "options", None)

@@ -103,10 +103,10 @@ def check_trainer_values(opts: dict[str, Any]) -> None:
     steps = opts.get("max_steps")
     if steps is not None and not (_is_int(steps) and (steps >= 1 or steps == -1)):
         raise bad("max_steps", "a positive integer, or -1 (no limit)")
+    if epochs == -1 and not (_is_int(steps) and steps >= 1):
+        raise bad("max_epochs", "a positive integer, or -1 with trainer.max_steps > 0")
     limit = opts.get("limit_train_batches")
-    if limit is not None and not (
-        (_is_int(limit) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1)
-    ):
+    if limit is not None and not ((_is_int(limit) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1)):
         raise bad("limit_train_batches", "null, a positive integer (batches) or a fraction in (0, 1]")
     accumulate = opts.get("accumulate_grad_batches")
     if accumulate is not None and not (_is_int(accumulate) and accumulate >= 1):

@@ -10,8 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from clframe.errors import ConfigError
 
 try:
@@ -49,6 +47,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch  # here, not at the top: report / plot read run directories without torch
+
     _atomic(path, lambda fh: torch.save(obj, fh))
 
 
@@ -74,3 +74,18 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         fh.close()
+
+
+def is_locked(run_dir: Path) -> bool:
+    """Whether a clframe process holds ``run_dir``'s lock now (a run whose ``metrics.json`` says ``running``
+    but is not locked was killed: it reads as ``interrupted``)."""
+    path = Path(run_dir) / LOCK_FILE
+    if fcntl is None or not path.is_file():
+        return False
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return False

@@ -225,7 +225,16 @@ def _load(
     """Load a backbone; leakage metadata comes from the file (saved by clframe) or the node."""
     if not path.is_file():
         raise ConfigError("pretrain.path", str(path), hint="file not found (a run writes one at " + SAVED_NAME + ")")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        why = " ".join(str(err).split())[:160]
+        raise ConfigError(
+            "pretrain.path",
+            str(path),
+            hint=f"unreadable ({type(err).__name__}: {why}); re-run the pretraining or point pretrain.path at an"
+            " intact file",
+        ) from None
     meta = blob.get("pretrain") if isinstance(blob, dict) and "backbone" in blob else None
     backbone.load_state_dict(blob["backbone"] if meta is not None else blob)
     if meta is not None:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from clframe.io import is_locked
+
 HEADLINE = ("cl/avg_acc", "cl/avg_inc_acc", "cl/forgetting", "cl/bwt", "cl/fwt")
 
 
@@ -13,7 +15,10 @@ def load_metrics(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: pass a run directory written by `clframe run`")
-    return json.loads(path.read_text())
+    metrics = json.loads(path.read_text())
+    if metrics.get("status") == "running" and not is_locked(Path(run_dir)):
+        metrics["status"] = "interrupted"  # killed (no process holds the run's lock): resume= continues it
+    return metrics
 
 
 def format_matrix(R: list[list[float]]) -> str:

@@ -205,9 +205,15 @@ def make_logger(cfg: DictConfig, run_dir: Path):
     from hydra.utils import instantiate
 
     node = OmegaConf.to_container(cfg.logger, resolve=True)
+    if not isinstance(node, dict) or "_target_" not in node:
+        raise ConfigError("logger", node, "a node with _target_ (a Lightning logger class), or logger=none")
     if "WandbLogger" in node.get("_target_", ""):
         os.environ.setdefault("WANDB_MODE", "offline" if node.get("offline", True) else "online")
-    return instantiate(node, save_dir=str(run_dir), _recursive_=False)
+    try:
+        return instantiate(node, save_dir=str(run_dir), _recursive_=False)
+    except Exception as err:
+        cause = err.__cause__ or err
+        raise ConfigError("logger", node["_target_"], hint=f"{type(cause).__name__}: {cause}") from None
 
 
 # what a resumed run takes from the caller's config instead of the saved one (nothing that changes results)
@@ -244,7 +250,8 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     try:
         loaded = OmegaConf.load(saved)
     except Exception as err:
-        raise ConfigError("resume", str(run_dir), hint=f"{saved} is not a readable config ({err})") from None
+        why = " ".join(str(err).split())
+        raise ConfigError("resume", str(run_dir), hint=f"{saved} is not a readable config ({why})") from None
     check_saved_logger(OmegaConf.to_container(loaded.logger, resolve=False) if loaded.get("logger") else None)
     for key in SAFE_RESUME_KEYS:
         if key in cfg:
@@ -262,9 +269,9 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     return loaded
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse a fresh run into a directory that holds files (``overwrite=true`` removes clframe's outputs first;
-    ``resume=`` continues the run there). Called with the directory's lock held."""
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, dry: bool = False) -> None:
+    """Refuse a fresh run into a directory that holds files (``overwrite=true`` removes clframe's outputs first,
+    unless ``dry``; ``resume=`` continues the run there). Called with the directory's lock held."""
     if resume:
         return
     present = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
@@ -275,7 +282,7 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
             hint=f"not empty ({', '.join(present[:4])}{', ...' if len(present) > 4 else ''}): pass resume={run_dir}"
             " to continue that run, overwrite=true to replace its results, or another run_dir",
         )
-    for name in present:
+    for name in [] if dry else present:
         if name in RUN_OUTPUTS:
             path = run_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -302,13 +309,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     evaluators = build_evaluators(cfg)
     run_dir = resolve_run_dir(cfg, stream)
     cfg.run_dir = str(run_dir)
+    logger = make_logger(cfg, run_dir)  # Lightning loggers write nothing until first used
     created = not run_dir.exists()
+    if not created:  # checked again under the lock; here so that a refused run does not even leave a lock file
+        prepare_run_dir(run_dir, resume=bool(cfg.get("resume")), overwrite=bool(cfg.get("overwrite")), dry=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         with run_lock(run_dir):  # one run per directory at a time
             prepare_run_dir(run_dir, resume=bool(cfg.get("resume")), overwrite=bool(cfg.get("overwrite")))
             with _run_log(run_dir):
-                return _run_locked(cfg, stream, strategy, evaluators, run_dir)
+                return _run_locked(cfg, stream, strategy, evaluators, logger, run_dir)
     except ConfigError:
         if created and not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
             shutil.rmtree(run_dir, ignore_errors=True)  # refused before anything was written: leave no trace
@@ -332,7 +342,7 @@ def _run_log(run_dir: Path) -> Iterator[None]:
         handler.close()
 
 
-def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str, Any], run_dir: Path) -> dict:
+def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str, Any], logger, run_dir: Path) -> dict:
     """The event loop of :func:`run`, holding the run directory's lock."""
     for stray in run_dir.rglob(".*.tmp"):  # half-written files of a killed run (clframe.io's atomic writes)
         stray.unlink(missing_ok=True)
@@ -356,7 +366,6 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str,
     }
     ckpt_path = run_dir / CHECKPOINT
     ckpt = load_checkpoint(ckpt_path) if cfg.get("resume") and ckpt_path.is_file() else None
-    logger = make_logger(cfg, run_dir)  # before anything is written: a logger that fails destroys nothing
     for ev in evaluators.values():
         ev.setup(cfg, run_dir)
     if ckpt is not None:
@@ -372,6 +381,7 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str,
         restore_csv_log(logger, state.get("log_rows"))
         log.info("resuming %s at experience %d", run_dir, state["next"])
     else:
+        log.info("starting %s (%s / %s / seed %d)", run_dir, stream.name, cfg.strategy.name, seed)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
         _write_events(run_dir, state)
         if cfg.get("pretrain"):

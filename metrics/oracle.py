@@ -3,8 +3,10 @@ forgotten so far removed from every learn experience (same config, seed and per-
 
 The oracle for a forget event at stream position ``p`` learns the learn experiences before ``p``,
 without the ids forgotten at or before ``p``. It is cached on disk under a hash of (config without
-``unlearning`` / ``evaluators`` / output keys, the learn experiences, the forgotten ids), so several
-unlearning methods run on the same stream share one oracle. It records the ids of every training
+``unlearning`` / ``evaluators`` / output keys, a hash of the training data, the forgotten ids, the clframe /
+torch versions and the method's source files), so several unlearning methods run on the same stream share
+one oracle when they share a cache folder (evaluator option ``oracle_cache``; default
+``<run_dir>/oracle_cache``); an unreadable cached file is retrained. It records the ids of every training
 sample it was fed (including replayed ones) and refuses to return if any of them was forgotten.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import clframe
+from clframe import fit
 from clframe.io import atomic_torch_save
 from clframe.pretrain import run_pretraining
 from clframe.runner import build_strategy, learn_experience, start_event
@@ -47,11 +52,48 @@ def training_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(node)
 
 
-def oracle_key(cfg: DictConfig, exps: list[Experience], forgotten: torch.Tensor) -> str:
+def data_digest(exps: list[Experience], chunk: int = 4096) -> str:
+    """A hash of the oracle's training data (inputs, labels, ids, task ids): a changed data file is a new key."""
+    h = hashlib.sha256()
+    for e in exps:
+        h.update(repr((e.id, e.name, len(e.train))).encode())
+        for i in range(0, len(e.train), chunk):
+            part = e.train.subset(torch.arange(i, min(i + chunk, len(e.train))))
+            for t in (part.x, part.y, part.ids, part.task):
+                h.update(t.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def code_version(strategy) -> str:
+    """clframe and torch versions and a hash of the source files of the strategy's classes and the training
+    loop: edited method code is a new key, never a stale cached oracle."""
+    files = {inspect.getsourcefile(c) for c in type(strategy).__mro__ if c.__module__.startswith("clframe")}
+    h = hashlib.sha256(f"{clframe.__version__} {torch.__version__}".encode())
+    for path in sorted(f for f in files | {inspect.getsourcefile(fit)} if f):
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
+def oracle_key(cfg: DictConfig, exps: list[Experience], forgotten: torch.Tensor, strategy=None) -> str:
+    """The cache key: training config, training data, forgotten ids and (given the strategy) code version."""
     h = hashlib.sha256(OmegaConf.to_yaml(training_config(cfg), sort_keys=True).encode())
-    h.update(repr([(e.id, e.name, len(e.train)) for e in exps]).encode())
+    h.update(data_digest(exps).encode())
     h.update(forgotten.numpy().tobytes())
+    if strategy is not None:
+        h.update(code_version(strategy).encode())
     return h.hexdigest()[:20]
+
+
+def _load_cached(path: Path) -> dict | None:
+    """A cached oracle, or ``None`` (and the file removed, with a warning) if it cannot be read."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(ckpt, dict) and {"model", "extra", "trained_ids"} <= set(ckpt):
+            return ckpt
+    except Exception as err:  # noqa: BLE001  (any damage: the oracle is retrained)
+        log.warning("cached oracle %s is unreadable (%s); retraining it", path, type(err).__name__)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def train_oracle(
@@ -63,11 +105,11 @@ def train_oracle(
     train_cfg = training_config(cfg)
     exps = oracle_experiences(stream, position)
     gone = stream.forgotten_until(position)
-    key = oracle_key(cfg, exps, gone)
     strategy = build_strategy(train_cfg, stream)
+    key = oracle_key(cfg, exps, gone, strategy)
     path = Path(cache_dir) / f"oracle_{key}.pt" if cache_dir else None
-    if path is not None and path.is_file():
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = _load_cached(path) if path is not None and path.is_file() else None
+    if ckpt is not None:
         strategy.restore_checkpoint_state(ckpt["extra"])
         strategy.load_state_dict(ckpt["model"])
         return strategy, {"key": key, "cached": True, "trained_ids": ckpt["trained_ids"], "forgotten": gone}

@@ -77,7 +77,8 @@ class UnlearningEvaluator(Evaluator):
 
     def setup(self, cfg, run_dir) -> None:
         self.cfg = cfg
-        self.cache_dir = Path(self.oracle_cache) if self.oracle_cache else Path(run_dir).parent / ".oracle_cache"
+        # inside the run directory unless the user shares one folder between runs (a sweep over methods)
+        self.cache_dir = Path(self.oracle_cache) if self.oracle_cache else Path(run_dir) / "oracle_cache"
 
     # ------------------------------------------------------------ state
     def _take_snapshot(self, strategy) -> None:

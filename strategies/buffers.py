@@ -11,6 +11,15 @@ from clframe.stream import TensorData, TensorLoader
 POLICIES = ("reservoir", "class_balanced")
 
 
+def replay_batch(key: str, value: int | None, default: int) -> int:
+    """Memory samples per step from option ``strategy.<key>``: a positive integer, or ``default`` when null."""
+    if value is None:
+        return default
+    if value <= 0:
+        raise ConfigError(f"strategy.{key}", value, "a positive integer, or null for the batch size")
+    return int(value)
+
+
 class ReplayBuffer:
     """A fixed-capacity memory of samples (inputs, labels, ids, task ids, optional extras such as logits).
 

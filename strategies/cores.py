@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from clframe.registry import register_strategy
-from clframe.strategies.buffers import ReplayBuffer, ReplayLoader
+from clframe.strategies.buffers import ReplayBuffer, ReplayLoader, replay_batch
 from clframe.strategies.simplex import SimplexHead
 from clframe.strategy import Strategy
 
@@ -29,7 +29,7 @@ class CoReS(Strategy):
         super().__init__(*args, **kwargs)
         self.head = SimplexHead(self.backbone.num_features, self.n_classes)
         self.buffer = self.register_store("buffer", ReplayBuffer(buffer_size, buffer_policy)) if buffer_size else None
-        self.replay_batch_size = replay_batch_size or self.batch_size
+        self.replay_batch_size = replay_batch("replay_batch_size", replay_batch_size, self.batch_size)
 
     def features(self, x):
         return self.head.embed(self.backbone.forward_features(x))

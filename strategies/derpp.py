@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from clframe.registry import register_strategy
-from clframe.strategies.buffers import OnlineMemory
+from clframe.strategies.buffers import OnlineMemory, replay_batch
 from clframe.strategy import MASK_VALUE, Strategy
 
 
@@ -29,7 +29,9 @@ class DERpp(Strategy):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.memory = self.register_store("memory", OnlineMemory(buffer_size, minibatch_size or self.batch_size))
+        self.memory = self.register_store(
+            "memory", OnlineMemory(buffer_size, replay_batch("minibatch_size", minibatch_size, self.batch_size))
+        )
         self.alpha, self.beta = alpha, beta
 
     def train_dataloader_for(self, exp):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from clframe.registry import register_strategy
-from clframe.strategies.buffers import OnlineMemory
+from clframe.strategies.buffers import OnlineMemory, replay_batch
 from clframe.strategy import Strategy
 
 
@@ -18,7 +18,9 @@ class ER(Strategy):
 
     def __init__(self, *args, buffer_size: int = 200, minibatch_size: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.memory = self.register_store("memory", OnlineMemory(buffer_size, minibatch_size or self.batch_size))
+        self.memory = self.register_store(
+            "memory", OnlineMemory(buffer_size, replay_batch("minibatch_size", minibatch_size, self.batch_size))
+        )
 
     def train_dataloader_for(self, exp):
         return self.memory.loader(exp, self.batch_size, self.seed)

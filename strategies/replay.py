@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from clframe.registry import register_strategy
-from clframe.strategies.buffers import ReplayBuffer, ReplayLoader
+from clframe.strategies.buffers import ReplayBuffer, ReplayLoader, replay_batch
 from clframe.strategy import Strategy
 
 
@@ -25,7 +25,7 @@ class Replay(Strategy):
     ):
         super().__init__(*args, **kwargs)
         self.buffer = self.register_store("buffer", ReplayBuffer(buffer_size, buffer_policy))
-        self.replay_batch_size = replay_batch_size or self.batch_size
+        self.replay_batch_size = replay_batch("replay_batch_size", replay_batch_size, self.batch_size)
 
     def train_dataloader_for(self, exp):
         return ReplayLoader(super().train_dataloader_for(exp), self.buffer, self.replay_batch_size, self.seed)
