@@ -124,9 +124,7 @@ def test_a_fresh_run_into_a_non_empty_run_dir_is_refused_unless_overwrite(make_c
 def test_resume_refuses_overrides_it_would_ignore_and_honours_the_safe_ones(make_cfg, monkeypatch, capsys):
     cfg = make_cfg(*SMALL)
     crash_at(monkeypatch, Naive, 1, cfg)
-    with pytest.raises(
-        ConfigError, match=r"^resume='strategy\.lr=0\.5' is invalid.*with resume=: progress_bar"
-    ):
+    with pytest.raises(ConfigError, match=r"^resume='strategy\.lr=0\.5' is invalid.*with resume=: progress_bar"):
         check_resume_overrides([f"resume={cfg.run_dir}", "progress_bar=none", "strategy.lr=0.5"])
     assert main(["run", f"resume={cfg.run_dir}", "strategy.lr=0.5"]) == 2
     assert "refused: strategy.lr=0.5" in capsys.readouterr().err
@@ -207,3 +205,22 @@ def test_a_truncated_pretrained_backbone_names_the_file(make_cfg, tmp_path):
     cfg = make_cfg(*SMALL, "pretrain=load", f"pretrain.path={bad}")
     with pytest.raises(ConfigError, match=rf"^pretrain\.path='{re.escape(str(bad))}' is invalid\. unreadable"):
         run(cfg)
+
+
+def test_disk_full_names_the_file_and_keeps_the_previous_version(tmp_path, monkeypatch):
+    import errno
+
+    from clframe.io import write_json
+
+    target = tmp_path / "metrics.json"
+    write_json(target, {"v": 1})
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=rf"No space left on device while writing {re.escape(str(target))}; the previous"):
+        write_json(target, {"v": 2})
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert json.loads(target.read_text()) == {"v": 1} and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
