@@ -7,12 +7,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from clframe.registry import package_dir
+
 
 def config_dir() -> Path:
-    """The folder that holds ``config.yaml`` and the config groups."""
-    from clframe import experiments
-
-    return Path(experiments.__file__).resolve().parent
+    """The folder that holds ``config.yaml`` and the config groups (package ``clframe.experiments``, found
+    without importing it: configs are data)."""
+    return package_dir("clframe.experiments").resolve()
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:

@@ -8,9 +8,11 @@ end :meth:`finalize` returns headline metrics (and may write plots into ``run_di
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -33,3 +35,23 @@ class Evaluator:
 
     def load_state(self, state: dict[str, Any]) -> None:
         pass
+
+
+def retained_matrix(correct, total, removed: Iterable[int] = ()) -> np.ndarray:
+    """``R`` without the removed classes: ``R[i, j] = sum_c correct[i, j, c] / sum_c total[i, j, c]``, c not removed.
+
+    ``correct`` / ``total``: ``(rows, columns, n_classes)`` counts of correctly classified and of
+    all test samples per evaluation row, test column and class. An entry whose classes were all
+    removed (denominator 0) is NaN.
+    """
+    correct, total = np.asarray(correct, dtype=float), np.asarray(total, dtype=float)
+    if correct.ndim != 3 or correct.shape != total.shape:
+        raise ValueError(f"correct and total must have the same 3-D shape, got {correct.shape} and {total.shape}")
+    keep = np.ones(correct.shape[2], dtype=bool)
+    removed = sorted({int(c) for c in removed})
+    if removed and not 0 <= removed[0] <= removed[-1] < len(keep):
+        raise ValueError(f"removed classes {removed} out of range for {len(keep)} classes")
+    keep[removed] = False
+    num, den = correct[..., keep].sum(-1), total[..., keep].sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)

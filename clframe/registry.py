@@ -157,7 +157,8 @@ BACKBONES = Registry("backbone")
 METRICS = Registry("metric")
 EVALUATORS = Registry("evaluator")  # run after every stream event (retrieval, unlearning metrics, ...)
 UNLEARNERS = Registry("unlearner")  # answer forget requests for any strategy (cfg key `unlearning`)
-REGISTRIES = {r.kind: r for r in (STRATEGIES, SCENARIOS, BACKBONES, METRICS, EVALUATORS, UNLEARNERS)}
+SUMMARIES = Registry("summary")  # what metrics.json reports of the accuracy matrix (cfg key `summaries`)
+REGISTRIES = {r.kind: r for r in (STRATEGIES, SCENARIOS, BACKBONES, METRICS, EVALUATORS, UNLEARNERS, SUMMARIES)}
 
 register_strategy = STRATEGIES.register
 register_scenario = SCENARIOS.register
@@ -165,6 +166,7 @@ register_backbone = BACKBONES.register
 register_metric = METRICS.register
 register_evaluator = EVALUATORS.register
 register_unlearner = UNLEARNERS.register
+register_summary = SUMMARIES.register
 
 _builtin_loaded = False
 _discovered: set[str] = set()

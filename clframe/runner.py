@@ -26,11 +26,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from clframe.errors import CheckpointError, ConfigError, NonFiniteLossError
+from clframe.evaluation import retained_matrix
 from clframe.fit import check_training, fit
 from clframe.io import LOCK_FILE, atomic_torch_save, atomic_write_text, run_lock, write_json
 from clframe.plots import plot_run
 from clframe.pretrain import check_pretraining, restore_pretraining, run_pretraining
-from clframe.registry import BACKBONES, EVALUATORS, SCENARIOS, STRATEGIES, UNLEARNERS, load_plugins
+from clframe.registry import BACKBONES, EVALUATORS, SCENARIOS, STRATEGIES, SUMMARIES, UNLEARNERS, load_plugins
 from clframe.stores import WatchedLoader, answer_forget_request
 from clframe.strategy import check_capabilities
 from clframe.stream import Stream, TensorData
@@ -51,6 +52,8 @@ def build(cfg: DictConfig) -> tuple[Stream, Any]:
     load_plugins(cfg.get("plugins") or ())
     check_run_keys(cfg)
     check_training(cfg)
+    for name in cfg.get("summaries", ["cl"]):
+        SUMMARIES.get(name)  # an unknown summary fails here, with the registered ones
     if cfg.get("pretrain"):
         check_pretraining(cfg.pretrain)
     stream = SCENARIOS.build(cfg.scenario, seed=int(cfg.seed))
@@ -85,7 +88,7 @@ def check_run_keys(cfg: DictConfig) -> None:
         if key in cfg and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
             names = {int: "an integer", str: "a path", bool: "true or false", type(None): "null"}
             raise ConfigError(key, value, " or ".join(names[t] for t in types))
-    for key in ("evaluators", "plugins"):
+    for key in ("evaluators", "plugins", "summaries"):
         if cfg.get(key) is not None and not OmegaConf.is_list(cfg[key]) and not isinstance(cfg[key], list):
             raise ConfigError(key, cfg[key], "a list, e.g. [a, b]")
     for group in ("scenario", "strategy", "backbone"):
@@ -491,20 +494,19 @@ def _none_for_nan(obj: Any) -> Any:
 
 
 def _write_results(run_dir: Path, cfg, stream: Stream, state, status: str, error) -> dict[str, Any]:
-    from clframe.metrics.cl import cl_summary, curves, retained_matrix, undefined_metrics
-
     picks, removed = stage_rows(state, stream)
-    R = R_all = np.zeros((0, len(stream.learn_experiences)))
-    summary: dict[str, float | None] = {}
-    curve: dict[str, list[float]] = {}
-    if picks:
-        counts = np.asarray([state["counts"][k] for k in picks], dtype=float)  # (rows, columns, 2, classes)
-        correct, total = counts[:, :, 0], counts[:, :, 1]
-        R, R_all = retained_matrix(correct, total, removed[-1]), retained_matrix(correct, total)
+    n_cols = len(stream.learn_experiences)
+    counts = np.asarray([state["counts"][k] for k in picks], dtype=float).reshape(len(picks), n_cols, 2, -1)
+    correct, total = counts[:, :, 0], counts[:, :, 1]  # (rows, columns, classes)
+    R, R_all = retained_matrix(correct, total, removed[-1] if removed else ()), retained_matrix(correct, total)
+    random_init = None
+    if state["random_init_counts"] is not None:
         init = np.asarray(state["random_init_counts"], dtype=float)[None]
-        random_init = retained_matrix(init[:, :, 0], init[:, :, 1], removed[-1])[0]
-        summary = cl_summary(R, random_init, setting=stream.setting)
-        curve = curves(correct, total, removed)
+        random_init = retained_matrix(init[:, :, 0], init[:, :, 1], removed[-1] if removed else ())[0]
+    reported: dict[str, dict] = {"metrics": {}, "curves": {}, "undefined_metrics": {}}
+    for name in cfg.get("summaries", ["cl"]):
+        for key, values in SUMMARIES.get(name)(correct, total, removed, random_init, stream.setting).items():
+            reported.setdefault(key, {}).update(values)
     result = {
         "status": status,
         "error": error,
@@ -524,10 +526,10 @@ def _write_results(run_dir: Path, cfg, stream: Stream, state, status: str, error
         "random_init_acc": state["random_init"],
         "evaluations": state["evaluations"],
         "pretrain": state["pretrain"],
-        "metrics": summary,
-        "undefined_metrics": undefined_metrics(stream.setting),
+        "metrics": reported["metrics"],
+        "undefined_metrics": reported["undefined_metrics"],
         "forget_requests": state.get("forget_requests", []),
-        "curves": curve,
+        "curves": reported["curves"],
         "seconds_per_experience": state["timing"],
         "optimizer_steps": state.get("steps", 0),
         "run_dir": str(run_dir),

@@ -8,7 +8,7 @@ array-like; ``t`` selects "after experience t" (default: the last one).
 
 NaN in ``R[i, j]`` means "column ``j`` is not asked any more" (all its classes were
 deliberately forgotten): such entries are ignored, and a metric with nothing left is NaN.
-:func:`retained_matrix` builds ``R`` from per-class counts without the forgotten classes,
+:func:`clframe.evaluation.retained_matrix` builds ``R`` from per-class counts without the forgotten classes,
 so that deliberate unlearning is not counted as catastrophic forgetting.
 """
 
@@ -19,7 +19,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from clframe.errors import ConfigError
-from clframe.registry import register_metric
+from clframe.evaluation import retained_matrix
+from clframe.registry import register_metric, register_summary
 
 SETTINGS = ("class", "task", "domain")
 
@@ -46,26 +47,6 @@ def _nanmean(values: Iterable[float]) -> float:
 def accuracy_matrix_from_rows(rows: Sequence[Sequence[float]]) -> np.ndarray:
     """Stack evaluation rows (one per training step) into ``R``."""
     return _as_matrix(rows)
-
-
-def retained_matrix(correct, total, removed: Iterable[int] = ()) -> np.ndarray:
-    """``R`` without the removed classes: ``R[i, j] = sum_c correct[i, j, c] / sum_c total[i, j, c]``, c not removed.
-
-    ``correct`` / ``total``: ``(rows, columns, n_classes)`` counts of correctly classified and of
-    all test samples per evaluation row, test column and class. An entry whose classes were all
-    removed (denominator 0) is NaN.
-    """
-    correct, total = np.asarray(correct, dtype=float), np.asarray(total, dtype=float)
-    if correct.ndim != 3 or correct.shape != total.shape:
-        raise ValueError(f"correct and total must have the same 3-D shape, got {correct.shape} and {total.shape}")
-    keep = np.ones(correct.shape[2], dtype=bool)
-    removed = sorted({int(c) for c in removed})
-    if removed and not 0 <= removed[0] <= removed[-1] < len(keep):
-        raise ValueError(f"removed classes {removed} out of range for {len(keep)} classes")
-    keep[removed] = False
-    num, den = correct[..., keep].sum(-1), total[..., keep].sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
 @register_metric("avg_acc")
@@ -177,4 +158,16 @@ def curves(correct, total, removed_at: Sequence[Iterable[int]]) -> dict[str, lis
         R = retained_matrix(correct[: t + 1], total[: t + 1], removed)
         out["cl/avg_acc"].append(average_accuracy(R, t))
         out["cl/forgetting"].append(forgetting(R, t))
+    return out
+
+
+@register_summary("cl")
+def cl_report(correct, total, removed_at: Sequence[Iterable[int]], random_init, setting: str) -> dict:
+    """What ``metrics.json`` reports of the accuracy matrix: the headline ``cl/*`` metrics, their curves over
+    the stream and the metrics undefined in ``setting`` (the runner's summary ``cl``; config key ``summaries``)."""
+    out: dict = {"metrics": {}, "curves": {}, "undefined_metrics": undefined_metrics(setting)}
+    if len(correct):
+        R = retained_matrix(correct, total, removed_at[-1])
+        out["metrics"] = cl_summary(R, random_init, setting=setting)
+        out["curves"] = curves(correct, total, removed_at)
     return out
