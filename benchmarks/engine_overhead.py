@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     from clframe.config import compose
-    from clframe.fit import fit
+    from clframe.fit import Engine, fit
     from clframe.runner import build
 
     base = ["scenario=split_mnist", "strategy=naive", "logger=none", "progress_bar=none"]
@@ -51,7 +51,8 @@ def main() -> None:
     runs = {"hand loop": hand}
     for engine, cfg in cfgs.items():
         strategy, engine_loader = prepared(cfg)
-        runs[f"engine={engine}"] = lambda s=strategy, ld=engine_loader, c=cfg: fit(s, ld, c)
+        settings = Engine.from_config(cfg)
+        runs[f"engine={engine}"] = lambda s=strategy, ld=engine_loader, c=settings: fit(s, ld, c)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, fn in runs.items():

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from clframe.config import compose
+from clframe.fit import Engine
 from clframe.metrics import compatibility as C
 from clframe.metrics.retrieval_eval import RetrievalEvaluator
 from clframe.runner import build, eval_device, learn_experience, seed_all
@@ -30,7 +31,7 @@ from clframe.stream import Experience, TensorData
 def fit(strategy, exp: Experience, cfg, seed: int) -> None:
     seed_all(seed)
     strategy.seed = seed
-    learn_experience(cfg, strategy, exp)
+    learn_experience(Engine.from_config(cfg), strategy, exp)
 
 
 def downloaded_model(cfg, stream, upto: int, seed: int, epochs: int):

@@ -89,6 +89,7 @@ def npo_step0(name: str, tmp: Path) -> float | str:
 
     from clframe.config import compose
     from clframe.errors import ConfigError
+    from clframe.fit import Engine
     from clframe.registry import STRATEGIES, UNLEARNERS
     from clframe.runner import build, learn_experience, start_event
     from clframe.stream import Experience, TensorData
@@ -106,7 +107,7 @@ def npo_step0(name: str, tmp: Path) -> float | str:
             stream, strategy = build(cfg)
             for exp in stream.experiences:
                 start_event(strategy, 0, exp)
-                learn_experience(cfg, strategy, exp)
+                learn_experience(Engine.from_config(cfg), strategy, exp)
         except ConfigError:
             continue
         data = TensorData.concat([e.train for e in stream.experiences])

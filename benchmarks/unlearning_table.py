@@ -114,16 +114,17 @@ def table(rows: dict[str, dict[str, float]]) -> str:
 def learn_once(cfg, eval_kwargs: dict):
     """Learn the experiences before the forget event once (exactly as ``clframe run`` does: same
     per-event seeds), with the unlearning evaluator watching; every method then starts from a copy."""
+    from clframe.fit import Engine
     from clframe.metrics.unlearning_eval import UnlearningEvaluator
-    from clframe.runner import build, eval_device, learn_experience, start_event
+    from clframe.runner import build, eval_device, learn_experience, run_context, start_event
 
     stream, strategy = build(cfg)
     evaluator = UnlearningEvaluator(**eval_kwargs)
-    evaluator.setup(cfg, cfg.run_dir)
+    evaluator.setup(run_context(cfg, stream, cfg.run_dir))
     pos = next(e.id for e in stream.experiences if e.kind == "forget")
     for exp in stream.experiences[:pos]:
         start_event(strategy, int(cfg.seed), exp)
-        learn_experience(cfg, strategy, exp)
+        learn_experience(Engine.from_config(cfg), strategy, exp)
         evaluator.after_event(strategy, stream, exp, eval_device(cfg))
     return stream, strategy.cpu(), evaluator, stream.experiences[pos]
 

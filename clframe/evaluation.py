@@ -8,7 +8,8 @@ end :meth:`finalize` returns headline metrics (and may write plots into ``run_di
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,38 @@ import numpy as np
 import torch
 
 
+@dataclass
+class RunContext:
+    """What an evaluator gets of the run instead of its config (the runner's ``build`` reads the config once).
+
+    Attributes:
+        run_dir: the run directory (plots, caches).
+        seed: the run's seed (per-event seeds derive from it).
+        engine: the run's :class:`clframe.fit.Engine` (device, progress bar).
+        training_key: a hash of what determines training — the scenario, strategy, backbone and pretraining
+            nodes the objects were built from, the engine's options and the seed (cache keys start from it).
+        new_strategy: ``new_strategy(workdir)`` → a freshly initialised strategy as the run's was (same seed);
+            with a folder, pretrained there as the run was (``None``: no pretraining, e.g. to load weights).
+        learn: ``learn(strategy, exp, wrap_loader=None)`` trains one learn experience with the run's engine.
+        plots: whether the run writes plots.
+        unlearning: the name of the run's unlearning method (labels), or ``None``.
+    """
+
+    run_dir: Path
+    seed: int
+    engine: Any
+    training_key: str
+    new_strategy: Callable[[Path | None], Any]
+    learn: Callable[..., int]
+    plots: bool = True
+    unlearning: str | None = None
+
+
 class Evaluator:
     """Base class: override :meth:`after_event`, optionally :meth:`finalize` and the state pair."""
 
-    def setup(self, cfg, run_dir: Path) -> None:
-        """Called once before the stream with the run's config (e.g. to retrain an oracle)."""
+    def setup(self, context: RunContext) -> None:
+        """Called once before the stream (e.g. to keep ``context`` for retraining an oracle)."""
 
     def after_event(self, strategy, stream, exp, device: torch.device) -> dict[str, Any]:
         raise NotImplementedError

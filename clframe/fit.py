@@ -31,6 +31,7 @@ import logging
 import math
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -177,14 +178,36 @@ def planned_steps(n_batches: int, opts: dict[str, Any]) -> int:
     return min(total, max_steps) if max_steps > 0 else total
 
 
-def fit(strategy, loader, cfg: DictConfig, logger=None, step_offset: int = 0) -> int:
+@dataclass(frozen=True)
+class Engine:
+    """The training loop's settings, validated once from ``cfg.trainer`` and ``cfg.progress_bar`` by the
+    runner's ``build``: what :func:`fit` (and everything that trains an experience) gets instead of the config."""
+
+    options: Mapping[str, Any]
+    progress_bar: str = "tqdm"
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Engine:
+        check_training(cfg)
+        return cls(trainer_options(cfg), cfg.get("progress_bar", "tqdm"))
+
+    @property
+    def device(self) -> torch.device:
+        """Where evaluation and gradient-free updates run: the accelerator the training loop will pick."""
+        accel = str(self.options.get("accelerator", "auto"))
+        return torch.device("cuda" if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda") else "cpu")
+
+    def identity(self) -> dict[str, Any]:
+        """What of the engine changes training (for cache keys): every option but the progress bar."""
+        return dict(self.options)
+
+
+def fit(strategy, loader, engine: Engine, logger=None, step_offset: int = 0) -> int:
     """Train ``strategy`` on the batches of ``loader``; return the number of optimiser steps taken."""
-    check_training(cfg)
-    opts = trainer_options(cfg)
-    bar = cfg.get("progress_bar", "tqdm")
+    opts = dict(engine.options)
     if opts.pop("engine") == "lightning":
-        return _fit_lightning(strategy, loader, opts, bar, logger)
-    return _fit_fabric(strategy, loader, opts, bar, logger, step_offset)
+        return _fit_lightning(strategy, loader, opts, engine.progress_bar, logger)
+    return _fit_fabric(strategy, loader, opts, engine.progress_bar, logger, step_offset)
 
 
 _FABRICS: dict[str, Any] = {}

@@ -7,6 +7,7 @@ it directly with a config from :func:`clframe.config.compose`.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -26,8 +27,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from clframe.errors import CheckpointError, ConfigError, NonFiniteLossError
-from clframe.evaluation import retained_matrix
-from clframe.fit import check_training, fit
+from clframe.evaluation import RunContext, retained_matrix
+from clframe.fit import Engine, check_training, fit
 from clframe.io import LOCK_FILE, atomic_torch_save, atomic_write_text, run_lock, write_json
 from clframe.plots import plot_run
 from clframe.pretrain import check_pretraining, restore_pretraining, run_pretraining
@@ -97,14 +98,48 @@ def check_run_keys(cfg: DictConfig) -> None:
             raise ConfigError(group, node, hint=f"a {group} node with a name (clframe list)")
 
 
-def build_strategy(cfg: DictConfig, stream: Stream):
-    """A freshly initialised strategy for ``stream`` (seeded by ``cfg.seed``: same config, same init)."""
+def build_strategy(cfg: DictConfig, stream: Stream, *, unlearner: bool = True):
+    """A freshly initialised strategy for ``stream`` (seeded by ``cfg.seed``: same config, same init), with
+    the configured unlearner unless ``unlearner=False``."""
     seed_all(int(cfg.seed))
     backbone = BACKBONES.build(cfg.backbone, input_shape=stream.input_shape)
     strategy = STRATEGIES.build(cfg.strategy, backbone=backbone, n_classes=stream.n_classes, setting=stream.setting)
-    if cfg.get("unlearning"):
+    if unlearner and cfg.get("unlearning"):
         strategy.unlearner = UNLEARNERS.build(cfg.unlearning)
     return strategy
+
+
+# the config nodes the training objects are built from (with the engine's options: a run's training identity)
+TRAINING_NODES = ("scenario", "strategy", "backbone", "pretrain", "seed", "plugins")
+
+
+def run_context(cfg: DictConfig, stream: Stream, run_dir: Path | str = ".", engine: Engine | None = None):
+    """The :class:`~clframe.evaluation.RunContext` evaluators get instead of the config: the run's engine, a
+    factory of freshly initialised (and pretrained) strategies and the learn step, bound here."""
+    engine = engine or Engine.from_config(cfg)
+    nodes = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg.get(k)) else cfg.get(k)
+             for k in TRAINING_NODES}  # fmt: skip
+    identity = json.dumps({**nodes, "engine": engine.identity()}, sort_keys=True, default=str)
+
+    def new_strategy(workdir: Path | None = None):
+        strategy = build_strategy(cfg, stream, unlearner=False)
+        if workdir is not None and cfg.get("pretrain"):
+            run_pretraining(strategy, cfg.pretrain, stream, seed=int(cfg.seed), run_dir=workdir)
+        return strategy
+
+    def learn(strategy, exp, wrap_loader=None) -> int:
+        return learn_experience(engine, strategy, exp, wrap_loader=wrap_loader)
+
+    return RunContext(
+        run_dir=Path(run_dir),
+        seed=int(cfg.seed),
+        engine=engine,
+        training_key=hashlib.sha256(identity.encode()).hexdigest(),
+        new_strategy=new_strategy,
+        learn=learn,
+        plots=bool(cfg.get("plots", True)),
+        unlearning=(cfg.get("unlearning") or {}).get("name"),
+    )
 
 
 def start_event(strategy, seed: int, exp) -> None:
@@ -114,7 +149,7 @@ def start_event(strategy, seed: int, exp) -> None:
 
 
 def learn_experience(
-    cfg: DictConfig, strategy, exp, logger=None, wrap_loader=None, step_offset: int = 0, forgotten=None
+    engine: Engine, strategy, exp, logger=None, wrap_loader=None, step_offset: int = 0, forgotten=None
 ) -> int:
     """Train on one learn experience: ``before_experience``, :func:`clframe.fit.fit`, ``after_experience``.
 
@@ -134,18 +169,16 @@ def learn_experience(
             loader = WatchedLoader(loader, forbidden=forgotten)
         if wrap_loader is not None:
             loader = wrap_loader(loader)
-        steps = fit(strategy, loader, cfg, logger, step_offset)
+        steps = fit(strategy, loader, engine, logger, step_offset)
     else:  # gradient-free updates (class means...) run where evaluation runs
-        strategy.to(eval_device(cfg))
+        strategy.to(engine.device)
     strategy.after_experience(exp)
     return steps
 
 
 def eval_device(cfg: DictConfig) -> torch.device:
-    accel = str(cfg.trainer.get("accelerator", "auto"))
-    if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda"):
-        return torch.device("cuda")
-    return torch.device("cpu")
+    """Where the run evaluates (:attr:`clframe.fit.Engine.device` of ``cfg``)."""
+    return Engine.from_config(cfg).device
 
 
 @torch.no_grad()
@@ -309,10 +342,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("resume"):
         cfg = resumed_config(cfg)
     stream, strategy = build(cfg)
+    engine = Engine.from_config(cfg)
     evaluators = build_evaluators(cfg)
     run_dir = resolve_run_dir(cfg, stream)
     cfg.run_dir = str(run_dir)
     logger = make_logger(cfg, run_dir)  # Lightning loggers write nothing until first used
+    context = run_context(cfg, stream, run_dir, engine)
     created = not run_dir.exists()
     if not created:  # checked again under the lock; here so that a refused run does not even leave a lock file
         prepare_run_dir(run_dir, resume=bool(cfg.get("resume")), overwrite=bool(cfg.get("overwrite")), dry=True)
@@ -321,7 +356,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         with run_lock(run_dir):  # one run per directory at a time
             prepare_run_dir(run_dir, resume=bool(cfg.get("resume")), overwrite=bool(cfg.get("overwrite")))
             with _run_log(run_dir):
-                return _run_locked(cfg, stream, strategy, evaluators, logger, run_dir)
+                return _run_locked(cfg, stream, strategy, evaluators, logger, context)
     except ConfigError:
         if created and not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
             shutil.rmtree(run_dir, ignore_errors=True)  # refused before anything was written: leave no trace
@@ -345,13 +380,14 @@ def _run_log(run_dir: Path) -> Iterator[None]:
         handler.close()
 
 
-def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str, Any], logger, run_dir: Path) -> dict:
+def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str, Any], logger, context) -> dict:
     """The event loop of :func:`run`, holding the run directory's lock."""
+    run_dir, engine = context.run_dir, context.engine
     for stray in run_dir.rglob(".*.tmp"):  # half-written files of a killed run (clframe.io's atomic writes)
         stray.unlink(missing_ok=True)
     learn_ids = [e.id for e in stream.experiences if e.kind == "learn"]
     tests = [stream.experiences[i].test for i in learn_ids]
-    device = eval_device(cfg)
+    device = engine.device
     seed = int(cfg.seed)
     state: dict[str, Any] = {
         "next": 0,
@@ -370,7 +406,7 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str,
     ckpt_path = run_dir / CHECKPOINT
     ckpt = load_checkpoint(ckpt_path) if cfg.get("resume") and ckpt_path.is_file() else None
     for ev in evaluators.values():
-        ev.setup(cfg, run_dir)
+        ev.setup(context)
     if ckpt is not None:
         strategy.restore_checkpoint_state(ckpt["extra"])
         strategy.load_state_dict(ckpt["model"])
@@ -401,7 +437,7 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str,
             forgotten = stream.forgotten_until(exp.id)
             if exp.kind == "learn":
                 state["steps"] = state.get("steps", 0) + learn_experience(
-                    cfg, strategy, exp, logger, step_offset=state.get("steps", 0), forgotten=forgotten
+                    engine, strategy, exp, logger, step_offset=state.get("steps", 0), forgotten=forgotten
                 )
             else:
                 report = answer_forget_request(strategy, exp, forgotten)
@@ -495,8 +531,8 @@ def _none_for_nan(obj: Any) -> Any:
 
 def _write_results(run_dir: Path, cfg, stream: Stream, state, status: str, error) -> dict[str, Any]:
     picks, removed = stage_rows(state, stream)
-    n_cols = len(stream.learn_experiences)
-    counts = np.asarray([state["counts"][k] for k in picks], dtype=float).reshape(len(picks), n_cols, 2, -1)
+    shape = (len(picks), len(stream.learn_experiences), 2, stream.n_classes)  # rows, columns, [correct, total]
+    counts = np.asarray([state["counts"][k] for k in picks], dtype=float).reshape(shape)
     correct, total = counts[:, :, 0], counts[:, :, 1]  # (rows, columns, classes)
     R, R_all = retained_matrix(correct, total, removed[-1] if removed else ()), retained_matrix(correct, total)
     random_init = None

@@ -20,18 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 import clframe
 from clframe import fit
+from clframe.evaluation import RunContext
 from clframe.io import atomic_torch_save
-from clframe.pretrain import run_pretraining
-from clframe.runner import build_strategy, learn_experience, start_event
+from clframe.runner import start_event
 from clframe.stores import WatchedLoader
 from clframe.stream import Experience, Stream
 
 log = logging.getLogger("clframe")
-NOT_PART_OF_TRAINING = ("run_dir", "resume", "logger", "progress_bar", "plots", "evaluators", "unlearning", "hydra")
 
 
 def oracle_experiences(stream: Stream, position: int) -> list[Experience]:
@@ -42,14 +40,6 @@ def oracle_experiences(stream: Stream, position: int) -> list[Experience]:
         if e.kind == "learn":
             out.append(dataclasses.replace(e, train=e.train.subset(~torch.isin(e.train.ids, gone))))
     return out
-
-
-def training_config(cfg: DictConfig) -> DictConfig:
-    """``cfg`` without what does not change the oracle's training (outputs, evaluators, unlearning)."""
-    node = OmegaConf.to_container(cfg, resolve=True)
-    for key in NOT_PART_OF_TRAINING:
-        node.pop(key, None)
-    return OmegaConf.create(node)
 
 
 def data_digest(exps: list[Experience], chunk: int = 4096) -> str:
@@ -74,9 +64,10 @@ def code_version(strategy) -> str:
     return h.hexdigest()
 
 
-def oracle_key(cfg: DictConfig, exps: list[Experience], forgotten: torch.Tensor, strategy=None) -> str:
-    """The cache key: training config, training data, forgotten ids and (given the strategy) code version."""
-    h = hashlib.sha256(OmegaConf.to_yaml(training_config(cfg), sort_keys=True).encode())
+def oracle_key(training_key: str, exps: list[Experience], forgotten: torch.Tensor, strategy=None) -> str:
+    """The cache key: the run's training identity (:attr:`~clframe.evaluation.RunContext.training_key`),
+    the training data, the forgotten ids and (given the strategy) the code version."""
+    h = hashlib.sha256(training_key.encode())
     h.update(data_digest(exps).encode())
     h.update(forgotten.numpy().tobytes())
     if strategy is not None:
@@ -97,29 +88,27 @@ def _load_cached(path: Path) -> dict | None:
 
 
 def train_oracle(
-    cfg: DictConfig, stream: Stream, position: int, *, cache_dir: str | Path | None = None
+    context: RunContext, stream: Stream, position: int, *, cache_dir: str | Path | None = None
 ) -> tuple[Any, dict]:
-    """Return ``(oracle strategy, info)`` for the forget event at ``position`` (trained or loaded from cache).
+    """Return ``(oracle strategy, info)`` for the forget event at ``position`` (trained or loaded from cache),
+    through the run's injected strategy factory and learn step (``context``), never the config.
 
     ``info``: ``key``, ``cached``, ``trained_ids`` (unique ids the oracle was fed), ``forgotten`` ids."""
-    train_cfg = training_config(cfg)
     exps = oracle_experiences(stream, position)
     gone = stream.forgotten_until(position)
-    strategy = build_strategy(train_cfg, stream)
-    key = oracle_key(cfg, exps, gone, strategy)
+    strategy = context.new_strategy(None)
+    key = oracle_key(context.training_key, exps, gone, strategy)
     path = Path(cache_dir) / f"oracle_{key}.pt" if cache_dir else None
     ckpt = _load_cached(path) if path is not None and path.is_file() else None
     if ckpt is not None:
         strategy.restore_checkpoint_state(ckpt["extra"])
         strategy.load_state_dict(ckpt["model"])
         return strategy, {"key": key, "cached": True, "trained_ids": ckpt["trained_ids"], "forgotten": gone}
-    if train_cfg.get("pretrain"):
-        run_pretraining(strategy, train_cfg.pretrain, stream, seed=int(cfg.seed), run_dir=Path(cache_dir or ".") / key)
+    strategy = context.new_strategy(Path(cache_dir or context.run_dir) / key)  # pretrained as the run was
     seen: list[torch.Tensor] = []
-    fit_cfg = OmegaConf.merge(train_cfg, {"progress_bar": cfg.get("progress_bar", "tqdm")})  # the run's bar setting
     for exp in exps:
-        start_event(strategy, int(cfg.seed), exp)
-        learn_experience(fit_cfg, strategy, exp, wrap_loader=lambda loader: WatchedLoader(loader, gone, seen))
+        start_event(strategy, context.seed, exp)
+        context.learn(strategy, exp, wrap_loader=lambda loader: WatchedLoader(loader, gone, seen))
     strategy.cpu()
     trained = torch.cat(seen).unique() if seen else torch.zeros(0, dtype=torch.long)
     leaked = trained[torch.isin(trained, gone)]

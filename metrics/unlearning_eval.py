@@ -18,14 +18,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from clframe.evaluation import Evaluator
+from clframe.evaluation import Evaluator, RunContext
 from clframe.introspect import activation_layers, capture
 from clframe.metrics import unlearning as M
-from clframe.metrics.oracle import train_oracle, training_config
+from clframe.metrics.oracle import train_oracle
 from clframe.metrics.plots_unlearning import plot_unlearning_run
 from clframe.optim import gradient_step, make_optimizer
 from clframe.registry import register_evaluator
-from clframe.runner import build_strategy, predict
+from clframe.runner import predict
 from clframe.stream import TensorData, split_test
 
 SPLITS = ("forget", "retain", "test")
@@ -73,10 +73,12 @@ class UnlearningEvaluator(Evaluator):
         self.probe, self.knn_k, self.cka, self.cka_samples, self.cka_layers = probe, knn_k, cka, cka_samples, cka_layers
         self.seed = seed
         self.snapshot: dict[str, Any] | None = None
-        self.cfg, self.cache_dir = None, None
+        self.context: RunContext | None = None
+        self.cache_dir: Path | None = None
 
-    def setup(self, cfg, run_dir) -> None:
-        self.cfg = cfg
+    def setup(self, context: RunContext) -> None:
+        self.context = context
+        run_dir = context.run_dir
         # inside the run directory unless the user shares one folder between runs (a sweep over methods)
         self.cache_dir = Path(self.oracle_cache) if self.oracle_cache else Path(run_dir) / "oracle_cache"
 
@@ -94,7 +96,7 @@ class UnlearningEvaluator(Evaluator):
         self.snapshot = state.get("snapshot")
 
     def _copy(self, stream, snapshot: dict[str, Any]):
-        model = build_strategy(training_config(self.cfg), stream)
+        model = self.context.new_strategy(None)
         model.restore_checkpoint_state(snapshot["extra"])
         model.load_state_dict(snapshot["model"])
         return model
@@ -115,7 +117,7 @@ class UnlearningEvaluator(Evaluator):
             out["unlearn/curve"] = list(history)
         models = {"unlearn": strategy, "original": original}
         if self.oracle:
-            models["oracle"], info = train_oracle(self.cfg, stream, exp.id, cache_dir=self.cache_dir)
+            models["oracle"], info = train_oracle(self.context, stream, exp.id, cache_dir=self.cache_dir)
             out["oracle/n_trained_forgotten"] = int(torch.isin(info["trained_ids"], info["forgotten"]).sum())
             out["oracle/cached"] = bool(info["cached"])
         out.update(self.measure(models, exp, device, copy_now))
@@ -247,8 +249,8 @@ class UnlearningEvaluator(Evaluator):
         ]
         if not forget_evals:
             return {}
-        if result.get("run_dir") and self.cfg is not None and self.cfg.get("plots", True):
-            method = (self.cfg.get("unlearning") or {}).get("name", "unlearned")
+        if result.get("run_dir") and self.context is not None and self.context.plots:
+            method = self.context.unlearning or "unlearned"
             plot_unlearning_run(run_dir, result, method)
         last = forget_evals[-1]
         keys = (

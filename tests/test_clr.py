@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from clframe.fit import Engine
 from clframe.registry import BACKBONES, load_plugins
 from clframe.runner import build, learn_experience, predict, run
 from clframe.strategies.clr import CLR
@@ -26,7 +27,7 @@ DIGITS = (
 
 def _learn(strategy, cfg, exp):
     strategy.seed = exp.id
-    learn_experience(cfg, strategy, exp)
+    learn_experience(Engine.from_config(cfg), strategy, exp)
 
 
 def _anchor_state(strategy):
@@ -107,7 +108,7 @@ def test_forgetting_a_whole_task_is_exact_retraining(make_cfg):
     """A request that removes task 0 entirely resets its modules to their initial values: the model equals,
     bit for bit, the retrain oracle that never learned task 0 (random anchor: the anchor saw no task)."""
     from clframe.metrics.oracle import train_oracle
-    from clframe.runner import start_event
+    from clframe.runner import run_context, start_event
     from clframe.stores import answer_forget_request
 
     cfg = make_cfg(
@@ -122,12 +123,12 @@ def test_forgetting_a_whole_task_is_exact_retraining(make_cfg):
     assert strategy.can_forget_exactly(forget)
     for exp in stream.experiences[: forget.id]:
         start_event(strategy, 0, exp)
-        learn_experience(cfg, strategy, exp)
+        learn_experience(Engine.from_config(cfg), strategy, exp)
     before = predict(strategy, stream.experiences[1].test, torch.device("cpu"))
     start_event(strategy, 0, forget)
     report = answer_forget_request(strategy, forget, stream.forgotten_until(forget.id))
     assert report["answer"] == "exact"
-    oracle, info = train_oracle(cfg, stream, forget.id)
+    oracle, info = train_oracle(run_context(cfg, stream), stream, forget.id)
     mine, theirs = strategy.state_dict(), oracle.state_dict()
     assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert torch.equal(predict(strategy, stream.experiences[1].test, torch.device("cpu")), before)  # task 1 intact

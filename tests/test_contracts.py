@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from clframe.errors import ConfigError
+from clframe.fit import Engine
 from clframe.registry import STRATEGIES, UNLEARNERS, load_plugins
 from clframe.runner import build, run
 from clframe.stores import DataStore, ForgetLeakError, WatchedLoader, held_forgotten, purge_and_verify
@@ -101,11 +102,12 @@ def test_learn_forget_learn(make_cfg, monkeypatch, name, unlearner):
 @pytest.mark.parametrize("name", STRATEGIES.names())
 def test_oracle_never_sees_the_forget_set(make_cfg, name):
     from clframe.metrics.oracle import train_oracle
+    from clframe.runner import run_context
 
     cfg = make_cfg(*overrides(name, None if name == "nmc" else "ga"))
     stream, _ = build(cfg)
     pos = next(e.id for e in stream.experiences if e.kind == "forget")
-    _, info = train_oracle(cfg, stream, pos)
+    _, info = train_oracle(run_context(cfg, stream), stream, pos)
     retained = torch.cat([e.train.ids for e in stream.experiences[:pos] if e.kind == "learn"])
     retained = retained[~torch.isin(retained, info["forgotten"])]
     assert not torch.isin(info["trained_ids"], info["forgotten"]).any()
@@ -145,7 +147,7 @@ def test_npo_reference_is_the_model_before_unlearning(make_cfg, name):
             stream, strategy = build(cfg)
             for exp in stream.experiences:
                 start_event(strategy, 0, exp)
-                learn_experience(cfg, strategy, exp)
+                learn_experience(Engine.from_config(cfg), strategy, exp)
         except ConfigError as err:  # e.g. interval propagation or LoRA targets need plain Linear layers
             assert "backbone" in str(err) or "targets" in str(err), err
             continue

@@ -10,6 +10,7 @@ from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
 import clframe.strategies.desire as desire_module
+from clframe.fit import Engine
 from clframe.registry import load_plugins
 from clframe.runner import build, learn_experience, run
 from clframe.strategies.desire import DESIRE
@@ -57,7 +58,7 @@ def test_holds_no_input_data_and_keeps_two_lora_sets(make_cfg):
     stream, strategy = build(cfg)
     shape = tuple(stream.input_shape)
     for exp in stream.experiences:
-        learn_experience(cfg, strategy, exp)
+        learn_experience(Engine.from_config(cfg), strategy, exp)
         own = {k: v for k, v in vars(strategy).items() if k not in ("_trainer",)}
         held = [*_tensors(own), *strategy.state_dict().values(), *_tensors(strategy.state_for_checkpoint())]
         assert not any(isinstance(t, (TensorData, Experience)) for t in held)
@@ -221,7 +222,7 @@ def test_learned_coefficients_lower_the_objective(make_cfg, monkeypatch, loss):
 
     monkeypatch.setattr(DESIRE, "learn_coefficients", measuring)
     for exp in stream.experiences[:2]:
-        learn_experience(cfg, strategy, exp)
+        learn_experience(Engine.from_config(cfg), strategy, exp)
     assert len(seen) == 1
     start, end = seen[0]
     assert end < 0.9 * start, seen

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clframe.errors import ConfigError
-from clframe.fit import fit
+from clframe.fit import Engine, fit
 from clframe.strategies.naive import Naive
 
 HOOKS = (
@@ -103,7 +103,7 @@ def _run(make_cfg, engine, overrides, **kwargs):
     strategy, loader, cfg = _strategy(make_cfg, [f"trainer.engine={engine}", *overrides], **kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        steps = fit(strategy, loader, cfg)
+        steps = fit(strategy, loader, Engine.from_config(cfg))
     return strategy, steps
 
 
@@ -163,9 +163,9 @@ class Plateau(Naive):
 def test_fabric_refuses_what_only_the_trainer_runs(make_cfg):
     strategy, loader, cfg = _strategy(make_cfg, [], cls=Plateau)
     with pytest.raises(ConfigError, match=r"^trainer\.engine='fabric' is invalid; valid choices: lightning"):
-        fit(strategy, loader, cfg)
+        fit(strategy, loader, Engine.from_config(cfg))
     with pytest.raises(ConfigError, match=r"^trainer\.gradient_clip_algorithm='max'.*valid choices: norm, value"):
-        fit(strategy, loader, make_cfg("+trainer.gradient_clip_algorithm=max"))
+        fit(strategy, loader, Engine.from_config(make_cfg("+trainer.gradient_clip_algorithm=max")))
 
 
 def test_gradients_left_on_the_parameters_do_not_leak_into_the_first_step(make_cfg):
@@ -179,7 +179,7 @@ def test_gradients_left_on_the_parameters_do_not_leak_into_the_first_step(make_c
                 p.grad = torch.full_like(p, 100.0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fit(strategy, loader, cfg)
+            fit(strategy, loader, Engine.from_config(cfg))
         weights.append({k: v.clone() for k, v in strategy.state_dict().items()})
     for k, v in weights[0].items():
         torch.testing.assert_close(v, weights[1][k], msg=k)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from clframe.fit import Engine
 from clframe.runner import build, learn_experience, run
 from clframe.strategies.hyperinterval import HyperInterval
 from clframe.strategies.intervals import forward_point, ibp, interval_affine
@@ -29,7 +30,7 @@ def _learn(strategy, cfg, exps):
     for exp in exps:
         torch.manual_seed(exp.id)
         strategy.seed = exp.id
-        learn_experience(cfg, strategy, exp)
+        learn_experience(Engine.from_config(cfg), strategy, exp)
     return strategy.eval()
 
 

@@ -190,6 +190,7 @@ def test_rows_stay_aligned_when_the_strategy_routes_task_groups():
 def digits(tmp_path_factory):
     """A replay MLP (2 x 64) that learned digits 0-3, and the class-1 forget request that follows."""
     from clframe.config import compose
+    from clframe.fit import Engine
     from clframe.runner import build, learn_experience, start_event
 
     cfg = compose(
@@ -215,7 +216,7 @@ def digits(tmp_path_factory):
     stream, strategy = build(cfg)
     for exp in stream.experiences[:2]:
         start_event(strategy, 0, exp)
-        learn_experience(cfg, strategy, exp)
+        learn_experience(Engine.from_config(cfg), strategy, exp)
     return strategy.cpu(), stream.experiences[2]
 
 

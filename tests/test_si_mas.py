@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from clframe.fit import Engine
 from clframe.registry import STRATEGIES, load_plugins
 from clframe.runner import build, learn_experience, run
 from clframe.strategies.mas import output_sensitivity
@@ -46,7 +47,7 @@ def test_fabric_and_lightning_engines_give_the_same_importance(make_cfg, name):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for exp in stream.experiences[:2]:
-                learn_experience(cfg, strategy, exp)
+                learn_experience(Engine.from_config(cfg), strategy, exp)
         omegas.append(strategy.omega)
     assert sum(float(o.abs().sum()) for o in omegas[0].values()) > 0
     for k, o in omegas[0].items():
@@ -58,7 +59,7 @@ def test_mas_importance_is_the_mean_absolute_per_sample_gradient(make_cfg):
     cfg = make_cfg(*BLOBS, "strategy=mas")
     stream, strategy = build(cfg)
     exp = stream.experiences[0]
-    learn_experience(cfg, strategy, exp)
+    learn_experience(Engine.from_config(cfg), strategy, exp)
     data = exp.train.subset(torch.arange(10))
     got = output_sensitivity(strategy, data, None, torch.Generator().manual_seed(0), batch_size=4)
     strategy.eval()
@@ -80,7 +81,7 @@ def test_a_forget_request_re_anchors_the_penalty_at_the_unlearned_weights(make_c
     weights (not a pull back to the model before unlearning); the importance is kept."""
     cfg = make_cfg(*BLOBS, f"strategy={name}")
     stream, strategy = build(cfg)
-    learn_experience(cfg, strategy, stream.experiences[0])
+    learn_experience(Engine.from_config(cfg), strategy, stream.experiences[0])
     before = strategy.penalty() if hasattr(strategy, "penalty") else None
     with torch.no_grad():
         for p in strategy.parameters():

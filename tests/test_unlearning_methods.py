@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from clframe.fit import Engine
 from clframe.registry import UNLEARNERS
 from clframe.runner import build, learn_experience, run, start_event
 from clframe.stream import Experience, Stream, TensorData
@@ -51,7 +52,7 @@ def trained(tmp_path_factory):
     stream, strategy = build(cfg)
     for exp in stream.experiences[:2]:
         start_event(strategy, 0, exp)
-        learn_experience(cfg, strategy, exp)
+        learn_experience(Engine.from_config(cfg), strategy, exp)
     return cfg, stream, strategy, stream.experiences[2]
 
 
@@ -90,6 +91,7 @@ def test_ga_lowers_forget_accuracy_and_records_a_curve(trained):
 
 def test_oracle_never_sees_forgotten_samples_and_is_cached(trained, tmp_path):
     from clframe.metrics.oracle import train_oracle
+    from clframe.runner import run_context
 
     cfg, stream, _, _ = trained
     cfg = copy.deepcopy(cfg)
@@ -100,12 +102,12 @@ def test_oracle_never_sees_forgotten_samples_and_is_cached(trained, tmp_path):
         "buffer_size": 40,
     }  # replay: its memory must stay clean too
     pos = 4  # the 2nd forget event: class 1 and 30% of classes 2-3 forgotten, 3 experiences learned
-    oracle, info = train_oracle(cfg, stream, pos, cache_dir=tmp_path)
+    oracle, info = train_oracle(run_context(cfg, stream), stream, pos, cache_dir=tmp_path)
     gone = torch.cat([stream.experiences[2].forget.ids, stream.experiences[4].forget.ids])
     assert not torch.isin(info["trained_ids"], gone).any()
     learned = torch.cat([e.train.ids for e in stream.experiences[:pos] if e.kind == "learn"])
     assert set(info["trained_ids"].tolist()) == set(learned.tolist()) - set(gone.tolist())  # and all the rest
-    again, info2 = train_oracle(cfg, stream, pos, cache_dir=tmp_path)
+    again, info2 = train_oracle(run_context(cfg, stream), stream, pos, cache_dir=tmp_path)
     assert info2["cached"] and not info["cached"]
     for a, b in zip(oracle.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -114,6 +116,7 @@ def test_oracle_never_sees_forgotten_samples_and_is_cached(trained, tmp_path):
 def test_oracle_reproduces_the_run_when_nothing_is_removed(make_cfg):
     """Same config, seed and schedule: with no sample removed, the oracle equals the run's model."""
     from clframe.metrics.oracle import train_oracle
+    from clframe.runner import run_context
 
     cfg = make_cfg("scenario=split_blobs", "backbone.hidden=[32]", "trainer.max_epochs=2", "strategy=naive")
     run(cfg)
@@ -123,7 +126,7 @@ def test_oracle_reproduces_the_run_when_nothing_is_removed(make_cfg):
     nothing.ids[:] = 10**9  # an id that no training sample has
     events = stream.experiences + [Experience(len(stream), "forget", None, None, [0], forget=nothing)]
     full = Stream(stream.name, events, stream.n_classes, stream.input_shape, stream.setting)
-    oracle, info = train_oracle(cfg, full, len(stream))
+    oracle, info = train_oracle(run_context(cfg, full), full, len(stream))
     for key, value in oracle.state_dict().items():
         assert torch.allclose(value, ckpt["model"][key]), key
 
