@@ -31,11 +31,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/speed.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check clframe strategies scenarios metrics tests benchmarks
-	$(BIN)/ruff format --check clframe strategies scenarios metrics tests benchmarks
+	$(BIN)/ruff check clframe strategies scenarios metrics unlearning tests benchmarks
+	$(BIN)/ruff format --check clframe strategies scenarios metrics unlearning tests benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff format clframe strategies scenarios metrics tests benchmarks
+	$(BIN)/ruff format clframe strategies scenarios metrics unlearning tests benchmarks
 
 clean:
 	rm -rf runs outputs .pytest_cache

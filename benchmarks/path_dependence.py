@@ -44,8 +44,8 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     from clframe.config import compose
-    from clframe.metrics.plots_unlearning import plot_curves
     from clframe.runner import run
+    from clframe.unlearning.plots import plot_curves
 
     out = Path(args.out)
     paths = {}

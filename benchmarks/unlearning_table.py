@@ -115,8 +115,8 @@ def learn_once(cfg, eval_kwargs: dict):
     """Learn the experiences before the forget event once (exactly as ``clframe run`` does: same
     per-event seeds), with the unlearning evaluator watching; every method then starts from a copy."""
     from clframe.fit import Engine
-    from clframe.metrics.unlearning_eval import UnlearningEvaluator
     from clframe.runner import build, eval_device, learn_experience, run_context, start_event
+    from clframe.unlearning.evaluator import UnlearningEvaluator
 
     stream, strategy = build(cfg)
     evaluator = UnlearningEvaluator(**eval_kwargs)
@@ -165,7 +165,7 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     from clframe.config import compose
-    from clframe.metrics.plots_unlearning import plot_curves, plot_oracle_bars
+    from clframe.unlearning.plots import plot_curves, plot_oracle_bars
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,9 @@ from typing import Any
 
 from clframe.errors import ConfigError
 
-PLUGIN_PACKAGES = ("clframe.backbones", "clframe.strategies", "clframe.scenarios", "clframe.metrics")
+PLUGIN_PACKAGES = (
+    "clframe.backbones", "clframe.strategies", "clframe.scenarios", "clframe.metrics", "clframe.unlearning",
+)  # fmt: skip
 ENTRY_POINT_GROUP = "clframe.plugins"  # [project.entry-points."clframe.plugins"] my_lab = "my_lab.methods"
 
 

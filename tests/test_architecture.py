@@ -8,7 +8,14 @@ import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ("clframe", "strategies", "scenarios", "metrics", "experiments")  # installed as clframe.<folder>
+FOLDERS = (
+    "clframe",
+    "strategies",
+    "scenarios",
+    "metrics",
+    "unlearning",
+    "experiments",
+)  # installed as clframe.<folder>
 PLUGINS = tuple(f"clframe.{name}" for name in FOLDERS[1:])
 # (file, imported module): function-level project imports that stay, and why
 DEFERRED = {

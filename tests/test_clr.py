@@ -107,9 +107,9 @@ def test_interrupted_run_resumes_to_identical_matrix(make_cfg, monkeypatch):
 def test_forgetting_a_whole_task_is_exact_retraining(make_cfg):
     """A request that removes task 0 entirely resets its modules to their initial values: the model equals,
     bit for bit, the retrain oracle that never learned task 0 (random anchor: the anchor saw no task)."""
-    from clframe.metrics.oracle import train_oracle
     from clframe.runner import run_context, start_event
     from clframe.stores import answer_forget_request
+    from clframe.unlearning.oracle import train_oracle
 
     cfg = make_cfg(
         *DIGITS,

@@ -101,8 +101,8 @@ def test_learn_forget_learn(make_cfg, monkeypatch, name, unlearner):
 
 @pytest.mark.parametrize("name", STRATEGIES.names())
 def test_oracle_never_sees_the_forget_set(make_cfg, name):
-    from clframe.metrics.oracle import train_oracle
     from clframe.runner import run_context
+    from clframe.unlearning.oracle import train_oracle
 
     cfg = make_cfg(*overrides(name, None if name == "nmc" else "ga"))
     stream, _ = build(cfg)

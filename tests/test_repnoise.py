@@ -1,4 +1,4 @@
-"""RepNoise (strategies/repnoise.py): the authors' MMD against an independent numpy/scipy computation,
+"""RepNoise (unlearning/repnoise.py): the authors' MMD against an independent numpy/scipy computation,
 the whole loss against a hand computation on a tiny MLP, the per-layer ascent's gradient path, row
 alignment for task-routed strategies, and forgetting with depth on a small digits stream."""
 
@@ -14,10 +14,10 @@ from scipy.spatial.distance import cdist
 
 from clframe.backbones.simple import MLP
 from clframe.registry import UNLEARNERS
-from clframe.strategies.repnoise import RepNoise, pool_per_sample
-from clframe.strategies.unlearning_pieces import repnoise_mmd
 from clframe.strategy import Strategy
 from clframe.stream import Experience, TensorData
+from clframe.unlearning.pieces import repnoise_mmd
+from clframe.unlearning.repnoise import RepNoise, pool_per_sample
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -191,7 +191,7 @@ def test_a_truncated_checkpoint_names_the_file_and_the_fix(make_cfg, monkeypatch
 
 
 def test_an_unreadable_cached_oracle_is_removed_and_retrained(tmp_path, caplog):
-    from clframe.metrics.oracle import _load_cached
+    from clframe.unlearning.oracle import _load_cached
 
     path = tmp_path / "oracle_abc.pt"
     path.write_bytes(b"PK\x03\x04 truncated")

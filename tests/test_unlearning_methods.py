@@ -90,8 +90,8 @@ def test_ga_lowers_forget_accuracy_and_records_a_curve(trained):
 
 
 def test_oracle_never_sees_forgotten_samples_and_is_cached(trained, tmp_path):
-    from clframe.metrics.oracle import train_oracle
     from clframe.runner import run_context
+    from clframe.unlearning.oracle import train_oracle
 
     cfg, stream, _, _ = trained
     cfg = copy.deepcopy(cfg)
@@ -115,8 +115,8 @@ def test_oracle_never_sees_forgotten_samples_and_is_cached(trained, tmp_path):
 
 def test_oracle_reproduces_the_run_when_nothing_is_removed(make_cfg):
     """Same config, seed and schedule: with no sample removed, the oracle equals the run's model."""
-    from clframe.metrics.oracle import train_oracle
     from clframe.runner import run_context
+    from clframe.unlearning.oracle import train_oracle
 
     cfg = make_cfg("scenario=split_blobs", "backbone.hidden=[32]", "trainer.max_epochs=2", "strategy=naive")
     run(cfg)
@@ -180,8 +180,8 @@ def test_run_with_evaluator_and_replay_purge(make_cfg):
 
 
 def test_oracle_metrics_fail_clearly_when_oracle_disabled(make_cfg):
-    from clframe.metrics.unlearning import OracleUnavailableError
-    from clframe.metrics.unlearning_eval import oracle_metric
+    from clframe.unlearning.evaluator import oracle_metric
+    from clframe.unlearning.metrics import OracleUnavailableError
 
     cfg = make_cfg(
         *UNL,

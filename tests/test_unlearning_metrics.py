@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from clframe.metrics import unlearning as M
-from clframe.strategies.unlearning_pieces import gaussian_mmd, npo_loss, simnpo_loss, true_logprob
+from clframe.unlearning import metrics as M
+from clframe.unlearning.pieces import gaussian_mmd, npo_loss, simnpo_loss, true_logprob
 
 
 def test_accuracy_gap_and_average_gap():

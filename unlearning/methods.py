@@ -25,8 +25,8 @@ from torch import Tensor
 from clframe.errors import ConfigError, NonFiniteLossError
 from clframe.optim import check_optimizer, gradient_step, make_optimizer
 from clframe.registry import register_unlearner
-from clframe.strategies.unlearning_pieces import accuracy_on, batches, npo_loss, simnpo_loss
 from clframe.stream import split_test
+from clframe.unlearning.pieces import accuracy_on, batches, npo_loss, simnpo_loss
 
 
 # ---------------------------------------------------------------- methods

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from clframe.metrics.unlearning import OracleUnavailableError
 from clframe.plots import _pyplot, _save
+from clframe.unlearning.metrics import OracleUnavailableError
 
 
 def plot_curves(

@@ -40,8 +40,8 @@ from torch import Tensor
 from clframe.errors import ConfigError
 from clframe.introspect import activation_layers, capture_io
 from clframe.registry import register_unlearner
-from clframe.strategies.unlearning import Unlearner
-from clframe.strategies.unlearning_pieces import repnoise_mmd
+from clframe.unlearning.methods import Unlearner
+from clframe.unlearning.pieces import repnoise_mmd
 
 
 def pool_per_sample(t: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ Enable with ``evaluators=[{name: unlearning}]``. Keys (per forget event, in ``me
 ``{model}/mia_{loss,entropy}_auc``, ``{model}/relearn_steps``, ``{model}/{probe,knn}_acc``,
 ``unlearn/cka_{original,oracle}/<layer>``, ``unlearn/curve`` (accuracies over unlearning steps).
 With ``oracle: false`` the oracle-relative keys are absent and :func:`oracle_metric` raises
-:class:`~metrics.unlearning.OracleUnavailableError` for them — never a silent null.
+:class:`~clframe.unlearning.metrics.OracleUnavailableError` for them — never a silent null.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import torch.nn.functional as F
 
 from clframe.evaluation import Evaluator, RunContext
 from clframe.introspect import activation_layers, capture
-from clframe.metrics import unlearning as M
-from clframe.metrics.oracle import train_oracle
-from clframe.metrics.plots_unlearning import plot_unlearning_run
 from clframe.optim import gradient_step, make_optimizer
 from clframe.registry import register_evaluator
 from clframe.runner import predict
 from clframe.stream import TensorData, split_test
+from clframe.unlearning import metrics as M
+from clframe.unlearning.oracle import train_oracle
+from clframe.unlearning.plots import plot_unlearning_run
 
 SPLITS = ("forget", "retain", "test")
 
