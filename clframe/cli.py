@@ -6,8 +6,10 @@ import argparse
 import os
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 from clframe.errors import ConfigError
+from clframe.io import atomic_write_text
 
 USAGE = """clframe — continual learning and unlearning as events of one stream
 
@@ -20,7 +22,7 @@ commands:
            clframe run --cfg job                       print the composed config
   clframe list [PATTERN]             registered strategies, scenarios, backbones, metrics, presets
   clframe plot RUN_DIR [RUN_DIR ...] [-o OUT]   redraw a run's plots; overlay several runs
-  clframe compare RUN_DIR [...]      Markdown table of headline metrics
+  clframe compare RUN_DIR [...] [-o OUT.md|.csv|.tex]   table of headline metrics (sweep folders too)
 
 errors are one line (exit status 2: a configuration error, 1: a failure while running);
 --debug or CLFRAME_DEBUG=1 shows the Python traceback
@@ -117,10 +119,8 @@ def _describe(err: BaseException) -> tuple[int, str]:
         return 2, " ".join(lines[:2]) if lines else type(err).__name__
     text = " ".join(str(err).split()) or type(err).__name__
     hint = " (CLFRAME_DEBUG=1 or --debug shows the traceback)"
-    if isinstance(err, (FileNotFoundError, RuntimeError, ValueError, OSError)) and type(err).__module__.startswith(
-        "clframe"
-    ):
-        return 1, text
+    if type(err).__module__.startswith("clframe") or isinstance(err, (FileNotFoundError, PermissionError)):
+        return 1, text  # clframe's own errors and missing files say what to do; no type name, no hint
     return 1, f"{type(err).__name__}: {text}{hint}"
 
 
@@ -163,12 +163,20 @@ def _plot(argv: list[str]) -> int:
 
 
 def _compare(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="clframe compare", description="Markdown table of headline metrics")
-    parser.add_argument("runs", nargs="+")
+    parser = argparse.ArgumentParser(prog="clframe compare", description="a table of the runs' headline metrics")
+    parser.add_argument("runs", nargs="+", help="run directories, or folders of runs (a sweep's output)")
+    parser.add_argument("-f", "--format", choices=["md", "csv", "latex"], default=None, help="default: md, or by -o")
+    parser.add_argument("-o", "--out", default=None, help="write the table here (.md, .csv or .tex) instead of stdout")
     args = parser.parse_args(argv)
     from clframe.report import compare_table
 
-    print(compare_table(args.runs))
+    suffix = {".csv": "csv", ".tex": "latex"}.get(Path(args.out).suffix, "md") if args.out else "md"
+    table = compare_table(args.runs, args.format or suffix)
+    if args.out:
+        atomic_write_text(Path(args.out), table if table.endswith("\n") else table + "\n")
+        print(args.out)
+    else:
+        print(table)
     return 0
 
 

@@ -46,11 +46,72 @@ def print_summary(result: dict[str, Any]) -> None:
         print(f"results in {result['run_dir']}")
 
 
-def compare_table(run_dirs: list[str]) -> str:
-    rows = ["| run | scenario | strategy | seed | " + " | ".join(HEADLINE) + " |"]
-    rows.append("|" + "---|" * (4 + len(HEADLINE)))
-    for d in run_dirs:
-        m = load_metrics(d)
-        vals = [f"{100 * m['metrics'][k]:.2f}" if m["metrics"].get(k) is not None else "–" for k in HEADLINE]
-        rows.append(f"| {Path(d).name} | {m['scenario']} | {m['strategy']} | {m['seed']} | " + " | ".join(vals) + " |")
-    return "\n".join(rows)
+def find_runs(paths: list[str]) -> list[Path]:
+    """Run directories among ``paths``: a folder with ``metrics.json`` is a run; any other folder (a sweep's
+    ``runs/multirun/<time>``, a benchmark's output) contributes every run below it, in name order."""
+    runs: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "metrics.json").is_file():
+            runs.append(p)
+        elif p.is_dir():
+            found = sorted(m.parent for m in p.rglob("metrics.json"))
+            if not found:
+                raise FileNotFoundError(f"{p} holds no run (no metrics.json below it)")
+            runs.extend(found)
+        else:
+            raise FileNotFoundError(f"{p} not found: pass run directories or folders of runs")
+    return runs
+
+
+def _unlearning(run_dir: Path) -> str:
+    """The run's unlearning method and its options (``npo beta=0.5 steps=50``), from its ``config.yaml``."""
+    import yaml  # plain YAML: the saved config is data, nothing in it is instantiated
+
+    path = run_dir / "config.yaml"
+    node = (yaml.safe_load(path.read_text()) or {}).get("unlearning") if path.is_file() else None
+    if not isinstance(node, dict) or not node.get("name"):
+        return ""
+    options = " ".join(f"{k}={v}" for k, v in sorted(node.items()) if k != "name" and not isinstance(v, dict | list))
+    return f"{node['name']} {options}".strip()
+
+
+def compare_rows(run_dirs: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison: run, scenario, strategy, unlearning method and options, seed, status,
+    then the ``cl/*`` headline metrics and every ``unlearn/*`` / ``retrieval/*`` metric any run reports
+    (percent, two decimals; ``–``: not reported by that run)."""
+    runs = [(d, load_metrics(d)) for d in find_runs(run_dirs)]
+    extra = sorted({k for _, m in runs for k in m["metrics"] if k.split("/")[0] in ("unlearn", "retrieval")})
+    keys = [*HEADLINE, *extra]
+    header = ["run", "scenario", "strategy", "unlearning", "seed", "status", *keys]
+    rows = []
+    for d, m in runs:
+        vals = [f"{100 * m['metrics'][k]:.2f}" if m["metrics"].get(k) is not None else "–" for k in keys]
+        rows.append([d.name, m["scenario"], m["strategy"], _unlearning(d), str(m["seed"]), m["status"], *vals])
+    return header, rows
+
+
+def compare_table(run_dirs: list[str], fmt: str = "md") -> str:
+    """The comparison as Markdown (``md``), ``csv`` or a LaTeX ``tabular`` (``latex``)."""
+    header, rows = compare_rows(run_dirs)
+    if fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(header)
+        writer.writerows([[v.replace("–", "") for v in r] for r in rows])
+        return buf.getvalue()
+    if fmt == "latex":
+        esc = lambda v: v.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")  # noqa: E731
+        lines = ["\\begin{tabular}{" + "l" * 6 + "r" * (len(header) - 6) + "}", "\\toprule"]
+        lines.append(" & ".join(esc(h) for h in header) + " \\\\")
+        lines.append("\\midrule")
+        lines += [" & ".join(esc(v) if v != "–" else "--" for v in r) + " \\\\" for r in rows]
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    if fmt != "md":
+        raise ValueError(f"format {fmt!r} is invalid; valid choices: md, csv, latex")
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)

@@ -1,0 +1,55 @@
+"""``clframe compare``: sweep folders, unlearning / retrieval columns, the unlearning method, md / csv / LaTeX."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+import yaml
+
+from clframe.cli import main
+from clframe.report import compare_table
+
+
+def _fake_run(path, strategy, seed, metrics, unlearning=None):
+    path.mkdir(parents=True)
+    m = {"scenario": "unlearning_digits", "strategy": strategy, "seed": seed, "status": "complete", "metrics": metrics}
+    (path / "metrics.json").write_text(json.dumps(m))
+    (path / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "unlearning": unlearning}))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "multirun" / "2026-12-02_10-00-00"
+    base = {"cl/avg_acc": 0.5, "cl/avg_inc_acc": 0.6, "cl/forgetting": 0.1, "cl/bwt": -0.1, "cl/fwt": None}
+    _fake_run(root / "0_naive", "naive", 0, base)
+    _fake_run(root / "1_npo", "replay", 1, {**base, "unlearn/forget_acc": 0.125, "unlearn/avg_gap": 0.03},
+              {"name": "npo", "beta": 0.5, "steps": 50})  # fmt: skip
+    (root / "multirun.yaml").write_text("not a run\n")
+    return root
+
+
+def test_compare_reads_a_sweep_folder_and_shows_unlearning_columns(sweep):
+    lines = compare_table([str(sweep.parent)]).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:6] == ["run", "scenario", "strategy", "unlearning", "seed", "status"]
+    assert header[-2:] == ["unlearn/avg_gap", "unlearn/forget_acc"]
+    assert lines[2].startswith("| 0_naive |") and lines[2].endswith("| – | – |")  # not reported by this run
+    assert "| npo beta=0.5 steps=50 | 1 | complete |" in lines[3] and lines[3].endswith("| 3.00 | 12.50 |")
+
+
+def test_compare_writes_csv_and_latex(sweep, tmp_path):
+    rows = list(csv.reader(io.StringIO(compare_table([str(sweep)], "csv"))))
+    assert rows[0][3] == "unlearning" and rows[2][-1] == "12.50" and rows[1][-1] == ""
+    tex = compare_table([str(sweep)], "latex")
+    assert tex.startswith("\\begin{tabular}{llllll") and "unlearn/forget\\_acc" in tex and "0\\_naive" in tex
+    assert tex.count("\\\\\n") == 3 and tex.rstrip().endswith("\\end{tabular}")
+    out = tmp_path / "table.tex"
+    assert main(["compare", str(sweep), "-o", str(out)]) == 0 and out.read_text() == tex
+
+
+def test_compare_of_a_folder_without_runs_is_one_line_error(tmp_path, capsys):
+    assert main(["compare", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path} holds no run (no metrics.json below it)"
