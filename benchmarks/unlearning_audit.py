@@ -98,10 +98,13 @@ def npo_step0(name: str, tmp: Path) -> float | str:
     if not cls.capabilities.gradient_unlearning:
         return "exact (no gradients)"
     setting = "class" if "class" in cls.capabilities.settings else "task"
+    # the strategy's own optimiser values and one epoch, not split_digits' training defaults (the audit's protocol)
+    own = compose([f"strategy={name}", "scenario=split_blobs"]).strategy
+    pinned = [f"strategy.lr={own.lr}", f"strategy.batch_size={own.batch_size}", "trainer.max_epochs=1"]
     for backbone in (["backbone=cnn", "backbone.channels=[8,16]"], ["backbone=mlp"]):
         cfg = compose(
             [f"run_dir={tmp / ('npo_' + name)}", "logger=none", "progress_bar=none", "scenario=split_digits",
-             f"scenario.setting={setting}", "scenario.n_experiences=2", f"strategy={name}", *backbone]
+             f"scenario.setting={setting}", "scenario.n_experiences=2", f"strategy={name}", *backbone, *pinned]
         )  # fmt: skip
         try:
             stream, strategy = build(cfg)
