@@ -234,8 +234,9 @@ def check_saved_logger(node: Any) -> None:
         )
 
 
-def make_logger(cfg: DictConfig, run_dir: Path):
-    """The configured Lightning logger, instantiated non-recursively (a value is never a nested ``_target_``)."""
+def make_logger(cfg: DictConfig, run_dir: Path, group: str | None = None):
+    """The configured Lightning logger, instantiated non-recursively (a value is never a nested ``_target_``).
+    A wandb run is named after ``run_dir`` and put in ``group`` unless the node says otherwise."""
     if cfg.get("logger") is None:
         return None
     from hydra.utils import instantiate
@@ -245,6 +246,9 @@ def make_logger(cfg: DictConfig, run_dir: Path):
         raise ConfigError("logger", node, "a node with _target_ (a Lightning logger class), or logger=none")
     if "WandbLogger" in node.get("_target_", ""):
         os.environ.setdefault("WANDB_MODE", "offline" if node.get("offline", True) else "online")
+        node.setdefault("name", Path(run_dir).name)
+        if group:
+            node.setdefault("group", group)
     try:
         return instantiate(node, save_dir=str(run_dir), _recursive_=False)
     except Exception as err:
@@ -346,7 +350,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     evaluators = build_evaluators(cfg)
     run_dir = resolve_run_dir(cfg, stream)
     cfg.run_dir = str(run_dir)
-    logger = make_logger(cfg, run_dir)  # Lightning loggers write nothing until first used
+    logger = make_logger(cfg, run_dir, f"{stream.name}_{cfg.strategy.name}")  # writes nothing until first used
     context = run_context(cfg, stream, run_dir, engine)
     created = not run_dir.exists()
     if not created:  # checked again under the lock; here so that a refused run does not even leave a lock file
@@ -422,6 +426,8 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str,
     else:
         log.info("starting %s (%s / %s / seed %d)", run_dir, stream.name, cfg.strategy.name, seed)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+        if logger is not None:  # the resolved config as the run's hyperparameters (CSV: logs/hparams.yaml)
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         _write_events(run_dir, state)
         if cfg.get("pretrain"):
             state["pretrain"] = run_pretraining(strategy, cfg.pretrain, stream, seed=seed, run_dir=run_dir)
@@ -455,7 +461,9 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str,
             state["timing"].append(time.perf_counter() - t0)
             state["next"] = exp.id + 1
             if logger is not None:  # logged before the checkpoint, which records how many CSV rows are final
-                logger.log_metrics({f"exp_{j}/test/acc": a for j, a in zip(learn_ids, row)}, step=exp.id)
+                # at the optimiser-step position (monotonic with train/loss), with the event index as its own axis
+                accs = {f"exp_{j}/test/acc": a for j, a in zip(learn_ids, row)}
+                logger.log_metrics({**accs, "event": exp.id}, step=state["steps"])
                 logger.save()
                 state["log_rows"] = csv_log_rows(logger)
             strategy.cpu()
@@ -483,12 +491,14 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str,
         raise
     finally:
         result = _write_results(run_dir, cfg, stream, state, status, error)
-        if logger is not None and hasattr(logger, "finalize"):
-            logger.finalize("success" if status == "complete" else status)
+        if status != "complete":
+            _finish_logger(logger, status, {}, state["steps"])
     if status == "complete" and evaluators:
         for ev in evaluators.values():
             result["metrics"].update(ev.finalize(run_dir, result))
         write_json(run_dir / "metrics.json", result)
+    if status == "complete":
+        _finish_logger(logger, "success", result["metrics"], state["steps"])
     if status == "complete" and cfg.get("plots", True):
         plot_run(run_dir)
     return result
@@ -577,6 +587,20 @@ def _write_results(run_dir: Path, cfg, stream: Stream, state, status: str, error
         lines = [header] + [",".join(f"{v:.6f}" for v in row) for row in R]
         atomic_write_text(run_dir / "accuracy_matrix.csv", "\n".join(lines) + "\n")
     return result
+
+
+def _finish_logger(logger, status: str, headline: dict[str, Any], step: int) -> None:
+    """Log the headline metrics (``cl/*``, ``unlearn/*``, ...) once at the end (wandb: also the run summary),
+    then close the logger."""
+    if logger is None:
+        return
+    values = {k: v for k, v in headline.items() if isinstance(v, (int, float)) and v == v}
+    if values:
+        logger.log_metrics(values, step=step)
+        if type(logger).__name__ == "WandbLogger":
+            logger.experiment.summary.update(values)
+    if hasattr(logger, "finalize"):
+        logger.finalize(status)
 
 
 def _write_events(run_dir: Path, state: dict[str, Any]) -> None:
