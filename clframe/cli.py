@@ -23,6 +23,7 @@ commands:
   clframe list [PATTERN]             registered strategies, scenarios, backbones, metrics, presets
   clframe plot RUN_DIR [RUN_DIR ...] [-o OUT]   redraw a run's plots; overlay several runs
   clframe compare RUN_DIR [...] [-o OUT.md|.csv|.tex]   table of headline metrics (sweep folders too)
+  clframe report RUN_DIR [...] [-o report.md|report.html]   one self-contained report (plots embedded)
 
 errors are one line (exit status 2: a configuration error, 1: a failure while running);
 --debug or CLFRAME_DEBUG=1 shows the Python traceback
@@ -180,7 +181,18 @@ def _compare(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "list": _list, "plot": _plot, "compare": _compare}
+def _report(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="clframe report", description="one self-contained Markdown / HTML report")
+    parser.add_argument("runs", nargs="+", help="run directories, or folders of runs (a sweep's output)")
+    parser.add_argument("-o", "--out", default="report.md", help="report.md (Markdown) or report.html")
+    args = parser.parse_args(argv)
+    from clframe.document import write_report
+
+    print(write_report(args.runs, args.out))
+    return 0
+
+
+COMMANDS = {"run": _run, "list": _list, "plot": _plot, "compare": _compare, "report": _report}
 
 
 def main(argv: list[str] | None = None) -> int:

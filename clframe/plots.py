@@ -91,13 +91,13 @@ def plot_curves(runs: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_run(run_dir: str | Path) -> list[Path]:
-    """Write ``plots/accuracy_matrix.png``, ``plots/stability.png``, ``plots/curves.png``."""
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    """Write ``accuracy_matrix.png``, ``stability.png``, ``curves.png`` into ``out`` (default: ``run_dir/plots``)."""
     run_dir = Path(run_dir)
     m = load_metrics(run_dir)
     if not m["accuracy_matrix"]:
         return []
-    out = run_dir / "plots"
+    out = Path(out) if out is not None else run_dir / "plots"
     return [
         plot_accuracy_matrix(m, out / "accuracy_matrix.png"),
         plot_stability(m, out / "stability.png"),

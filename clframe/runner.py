@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import platform
 import random
 import shutil
 import sys
@@ -22,10 +23,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import lightning
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import clframe
 from clframe.errors import CheckpointError, ConfigError, NonFiniteLossError
 from clframe.evaluation import RunContext, retained_matrix
 from clframe.fit import Engine, check_training, fit
@@ -579,6 +582,7 @@ def _write_results(run_dir: Path, cfg, stream: Stream, state, status: str, error
         "seconds_per_experience": state["timing"],
         "optimizer_steps": state.get("steps", 0),
         "run_dir": str(run_dir),
+        "environment": environment(),
     }
     result = _none_for_nan(result)
     write_json(run_dir / "metrics.json", result)
@@ -601,6 +605,16 @@ def _finish_logger(logger, status: str, headline: dict[str, Any], step: int) -> 
             logger.experiment.summary.update(values)
     if hasattr(logger, "finalize"):
         logger.finalize(status)
+
+
+def environment() -> dict[str, str]:
+    """Versions and device of this process (reports and metrics.json say what produced a number)."""
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "clframe": clframe.__version__, "python": platform.python_version(), "torch": torch.__version__,
+        "lightning": lightning.__version__, "platform": platform.platform(), "device": cuda or "cpu",
+        "cpus": str(os.cpu_count()),
+    }  # fmt: skip
 
 
 def _write_events(run_dir: Path, state: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ DEFERRED = {
     ("clframe/cli.py", "clframe.registry"): "same",
     ("clframe/cli.py", "clframe.plots"): "same",
     ("clframe/cli.py", "clframe.report"): "same",
+    ("clframe/cli.py", "clframe.document"): "same",
     ("clframe/cli.py", "clframe.runner"): "same",
 }
 # core -> plugin imports (none: the core reaches plugins through the registry only)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -53,3 +54,27 @@ def test_compare_writes_csv_and_latex(sweep, tmp_path):
 def test_compare_of_a_folder_without_runs_is_one_line_error(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 1
     assert capsys.readouterr().err.strip() == f"error: {tmp_path} holds no run (no metrics.json below it)"
+
+
+def test_report_is_one_self_contained_file_for_several_runs(make_cfg, tmp_path):
+    import torch
+
+    from clframe.runner import run
+    from tests.conftest import BLOBS
+
+    small = (*BLOBS, "backbone.hidden=[8]", "trainer.max_epochs=1")
+    a = make_cfg(*small, "strategy=naive", "plots=true")
+    b = make_cfg(*small, "strategy=replay", "plots=false")
+    ra, rb = run(a), run(b)
+    md = tmp_path / "report.md"
+    assert main(["report", a.run_dir, b.run_dir, "-o", str(md)]) == 0
+    text = md.read_text()
+    assert text.count("](data:image/png;base64,") == 3 + 3 + 1  # each run's plots + the overlay; no files
+    assert "| exp 0 | " + f"{100 * ra['accuracy_matrix'][0][0]:.2f} | · |" in text  # future cells are not 0.0
+    assert "name: replay" in text and f"| {torch.__version__} |" in text and "Status `complete`" in text
+    assert f"| {100 * rb['metrics']['cl/avg_acc']:.2f} |" in text
+    assert not (Path(b.run_dir) / "plots").exists()  # plots=false run: drawn for the report, not into its folder
+    html = tmp_path / "report.html"
+    assert main(["report", a.run_dir, "-o", str(html)]) == 0
+    page = html.read_text()
+    assert page.startswith("<!doctype html>") and "<td class='future'>·</td>" in page and page.count("<img") == 3
