@@ -21,7 +21,7 @@ commands:
            clframe run run_dir=runs/a overwrite=true   replace the results in a non-empty run_dir
            clframe run --cfg job                       print the composed config
   clframe list [PATTERN]             registered strategies, scenarios, backbones, metrics, presets
-  clframe plot RUN_DIR [RUN_DIR ...] [-o OUT]   redraw a run's plots; overlay several runs
+  clframe plot RUN_DIR [RUN_DIR ...] [-o OUT] [--format png|pdf|svg]   redraw a run's plots; overlay runs
   clframe compare RUN_DIR [...] [-o OUT.md|.csv|.tex]   table of headline metrics (sweep folders too)
   clframe report RUN_DIR [...] [-o report.md|report.html]   one self-contained report (plots embedded)
 
@@ -151,14 +151,15 @@ def _plot(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="clframe plot", description="redraw plots of runs; overlay several runs")
     parser.add_argument("runs", nargs="+", help="run directories (holding metrics.json)")
     parser.add_argument("-o", "--out", default=None, help="output folder for the overlay (default: first run's plots/)")
+    parser.add_argument("--format", choices=["png", "pdf", "svg"], default="png", help="pdf / svg: vector output")
     args = parser.parse_args(argv)
     from clframe.plots import plot_comparison, plot_run
 
     if len(args.runs) == 1 and args.out is None:
-        for path in plot_run(args.runs[0]):
+        for path in plot_run(args.runs[0], fmt=args.format):
             print(path)
     else:
-        for path in plot_comparison(args.runs, args.out):
+        for path in plot_comparison(args.runs, args.out, fmt=args.format):
             print(path)
     return 0
 

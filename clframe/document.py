@@ -17,13 +17,14 @@ from clframe.plots import plot_comparison, plot_run
 from clframe.report import compare_rows, find_runs, load_metrics
 
 
-def _matrix_rows(R: list[list[float | None]]) -> tuple[list[str], list[list[str]]]:
-    """The accuracy matrix as table cells in percent; a future cell (j > i, not learned yet) is ``·``, a
-    column whose classes were all deliberately forgotten ``–``."""
+def _matrix_rows(R: list[list[float | None]], setting: str = "class") -> tuple[list[str], list[list[str]]]:
+    """The accuracy matrix as table cells in percent; a future cell (j > i, not learned yet) is ``·`` (outside
+    domain-IL it is 0 by masking), a column whose classes were all deliberately forgotten ``–``."""
     header = ["after \\ on", *(f"exp {j}" for j in range(len(R[0]) if R else 0))]
     rows = []
     for i, row in enumerate(R):
-        cells = ["·" if j > i else ("–" if v is None or v != v else f"{100 * v:.2f}") for j, v in enumerate(row)]
+        cell = lambda v: "–" if v is None or v != v else f"{100 * v:.2f}"  # noqa: E731
+        cells = ["·" if j > i and setting != "domain" else cell(v) for j, v in enumerate(row)]
         rows.append([f"exp {i}", *cells])
     return header, rows
 
@@ -43,7 +44,7 @@ def _report_blocks(run_dirs: list[str], figures: Path) -> list[tuple[str, Any]]:
         if m["accuracy_matrix"]:
             blocks.append(("text", "Accuracy matrix R[i, j] in percent: after training on experience i (rows), "
                            "on the test split of experience j (columns); `·` not learned yet."))  # fmt: skip
-            blocks.append(("table", _matrix_rows(m["accuracy_matrix"])))
+            blocks.append(("table", _matrix_rows(m["accuracy_matrix"], m.get("setting", "class"))))
         for key, reason in (m.get("undefined_metrics") or {}).items():
             blocks.append(("text", f"`{key}` is not reported: {reason}."))
         pngs = sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").is_dir() else []

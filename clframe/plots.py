@@ -29,7 +29,8 @@ def _integer_ticks():
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    _atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
+    fmt = path.suffix.lstrip(".") or "png"  # png, or vector output: pdf / svg
+    _atomic(path, lambda fh: fig.savefig(fh, format=fmt, dpi=120))
     _pyplot().close(fig)
     return path
 
@@ -41,11 +42,18 @@ def _label(m: dict) -> str:
 def plot_accuracy_matrix(m: dict, path: Path) -> Path:
     plt = _pyplot()
     R = 100 * np.asarray(m["accuracy_matrix"], dtype=float)  # null (a column no longer asked) -> NaN
+    future = np.triu(np.ones_like(R, dtype=bool), k=1)  # not learned yet: greyed (class-/task-IL: 0 by masking)
+    show_future = m.get("setting") == "domain"  # domain-IL: the value means something (forward transfer)
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * R.shape[1], 1.0 + 0.7 * R.shape[0]))
-    im = ax.imshow(R, vmin=0, vmax=100, cmap="viridis")
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("#e6e6e6")
+    im = ax.imshow(np.ma.masked_array(R, mask=future | np.isnan(R)), vmin=0, vmax=100, cmap=cmap)
     for (i, j), v in np.ndenumerate(R):
-        label = "forgotten" if np.isnan(v) else f"{v:.1f}"
-        ax.text(j, i, label, ha="center", va="center", color="k" if np.isnan(v) or v >= 60 else "w", fontsize=8)
+        if future[i, j]:
+            label, color = (f"{v:.1f}" if show_future else "·"), "#888888"
+        else:
+            label, color = ("forgotten", "k") if np.isnan(v) else (f"{v:.1f}", "k" if v >= 60 else "w")
+        ax.text(j, i, label, ha="center", va="center", color=color, fontsize=8)
     ax.set_xlabel("evaluated on experience")
     ax.set_ylabel("after training on experience")
     ax.set_xticks(range(R.shape[1]))
@@ -78,35 +86,52 @@ def plot_curves(runs: list[dict], path: Path) -> Path:
     """Average accuracy and forgetting vs experience, one line per run."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    methods = list(dict.fromkeys(m["strategy"] for m in runs))  # one colour per method, seeds share it
+    colours = plt.get_cmap("tab10")
     for m in runs:
+        seeds = [r["seed"] for r in runs if r["strategy"] == m["strategy"]]
+        style = ["-", "--", ":", "-."][seeds.index(m["seed"]) % 4]
         for ax, key in zip(axes, ("cl/avg_acc", "cl/forgetting")):
             ys = 100 * np.asarray(m["curves"].get(key, []), dtype=float)
-            ax.plot(np.arange(len(ys)), ys, marker="o", label=_label(m))
-    for ax, title in zip(axes, ("average accuracy (%)", "forgetting (%)")):
+            ax.plot(np.arange(len(ys)), ys, marker="o", ls=style, color=colours(methods.index(m["strategy"]) % 10),
+                    label=_label(m))  # fmt: skip
+    for ax, title in zip(axes, ("average accuracy (%)", "forgetting (%, lower is better)")):
         ax.set_xlabel("after training on experience")
         ax.xaxis.set_major_locator(_integer_ticks())
         ax.set_title(title)
         ax.grid(alpha=0.3)
+    axes[0].set_ylim(0, 100)
     axes[0].legend(fontsize=8)
     return _save(fig, path)
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
-    """Write ``accuracy_matrix.png``, ``stability.png``, ``curves.png`` into ``out`` (default: ``run_dir/plots``)."""
+FORMATS = ("png", "pdf", "svg")
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is invalid; valid choices: {', '.join(FORMATS)}")
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None, fmt: str = "png") -> list[Path]:
+    """Write ``accuracy_matrix``, ``stability``, ``curves`` (``.png``, or vector ``.pdf`` / ``.svg``) into ``out``
+    (default: ``run_dir/plots``)."""
+    _check_format(fmt)
     run_dir = Path(run_dir)
     m = load_metrics(run_dir)
     if not m["accuracy_matrix"]:
         return []
     out = Path(out) if out is not None else run_dir / "plots"
     return [
-        plot_accuracy_matrix(m, out / "accuracy_matrix.png"),
-        plot_stability(m, out / "stability.png"),
-        plot_curves([m], out / "curves.png"),
+        plot_accuracy_matrix(m, out / f"accuracy_matrix.{fmt}"),
+        plot_stability(m, out / f"stability.{fmt}"),
+        plot_curves([m], out / f"curves.{fmt}"),
     ]
 
 
-def plot_comparison(run_dirs: list[str | Path], out: str | Path | None = None) -> list[Path]:
-    """Overlay the average-accuracy and forgetting curves of several runs in one figure."""
+def plot_comparison(run_dirs: list[str | Path], out: str | Path | None = None, fmt: str = "png") -> list[Path]:
+    """Overlay the average-accuracy and forgetting curves of several runs in one figure (colour: method)."""
+    _check_format(fmt)
     runs = [load_metrics(d) for d in run_dirs]
     out = Path(out) if out else Path(run_dirs[0]) / "plots"
-    return [plot_curves(runs, out / "comparison_curves.png")]
+    return [plot_curves(runs, out / f"comparison_curves.{fmt}")]

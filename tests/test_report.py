@@ -78,3 +78,16 @@ def test_report_is_one_self_contained_file_for_several_runs(make_cfg, tmp_path):
     assert main(["report", a.run_dir, "-o", str(html)]) == 0
     page = html.read_text()
     assert page.startswith("<!doctype html>") and "<td class='future'>·</td>" in page and page.count("<img") == 3
+
+
+def test_plot_writes_vector_formats(make_cfg, tmp_path):
+    from clframe.runner import run
+    from tests.conftest import BLOBS
+
+    cfg = make_cfg(*BLOBS, "strategy=naive", "backbone.hidden=[8]", "trainer.max_epochs=1")
+    run(cfg)
+    assert main(["plot", cfg.run_dir, "--format", "svg"]) == 0
+    svg = Path(cfg.run_dir) / "plots" / "accuracy_matrix.svg"
+    assert "<svg" in svg.read_text()[:500]
+    assert main(["plot", cfg.run_dir, cfg.run_dir, "-o", str(tmp_path / "cmp"), "--format", "pdf"]) == 0
+    assert (tmp_path / "cmp" / "comparison_curves.pdf").read_bytes().startswith(b"%PDF")
