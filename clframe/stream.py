@@ -2,7 +2,9 @@
 
 Data live in memory as tensors, so an epoch is a sequence of index slices rather than
 a Python loop over samples; :class:`TensorLoader` is the batch iterator that Lightning
-consumes.
+consumes. Inputs derived row by row from a shared source (permuted or rotated copies of one data
+set) can be a :class:`LazyRows` instead, computed for the rows indexed, so that a long stream does
+not hold one full copy per experience.
 """
 
 from __future__ import annotations
@@ -12,6 +14,110 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+
+class CacheBudget:
+    """Bytes that :class:`LazyRows` sharing this budget may keep materialised: first come, first kept
+    (no eviction: evaluation scans every test set in order, which an LRU cache would always miss)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.used = int(max_bytes), 0
+
+    def reserve(self, nbytes: int) -> bool:
+        if self.used + nbytes > self.max_bytes:
+            return False
+        self.used += nbytes
+        return True
+
+
+class LazyRows:
+    """A read-only tensor ``fn(base[rows])`` (``rows``: all of ``base`` if ``None``) computed for the
+    rows indexed, so derived copies of a data set cost an index instead of a copy.
+
+    ``fn`` must work row by row (row ``i`` of its output depends on row ``i`` of its input only), so
+    that a batch equals the same rows of the whole. Indexing (``x[i:j]``, ``x[index_tensor]``,
+    ``x[mask]``, ``x[i]``) returns a plain tensor; ``len``, ``shape``, ``dtype``, ``device`` are
+    known without computing anything. Any other tensor attribute or ``torch`` function, pickling
+    (``torch.save``) and ``TensorData.subset`` see the materialised tensor. With a ``cache`` budget
+    the whole tensor is computed once and kept when it fits (for costly ``fn`` such as rotations).
+    """
+
+    def __init__(
+        self, base: Tensor, fn: Callable[[Tensor], Tensor], rows: Tensor | None = None, cache: CacheBudget | None = None
+    ):
+        self.base, self.fn, self.rows, self.cache = base, fn, rows, cache
+        probe = fn(base[:1])
+        n = len(base) if rows is None else len(rows)
+        self.shape = torch.Size((n, *probe.shape[1:]))
+        self.dtype, self.device = probe.dtype, probe.device
+        self._full: Tensor | None = None
+        self._cache_refused = cache is None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def dim(self) -> int:
+        return self.ndim
+
+    def _cached(self) -> Tensor | None:
+        if self._full is None and not self._cache_refused:
+            nbytes = self.numel() * self.dtype.itemsize
+            if self.cache.reserve(nbytes):
+                self._full = self._compute(slice(None))
+            else:
+                self._cache_refused = True
+        return self._full
+
+    def _compute(self, index) -> Tensor:
+        return self.fn(self.base[index] if self.rows is None else self.base[self.rows[index]])
+
+    def __getitem__(self, index) -> Tensor:
+        full = self._cached()
+        if full is not None:
+            return full[index]
+        if isinstance(index, tuple):  # x[rows, ...]: the rows first, then the rest on the result
+            return self[index[0]][(slice(None), *index[1:])]
+        if isinstance(index, int) or (isinstance(index, Tensor) and index.ndim == 0):
+            return self._compute(torch.as_tensor([int(index)]))[0]
+        return self._compute(index)
+
+    def materialize(self) -> Tensor:
+        """The whole tensor (the cached one if kept, else a new one)."""
+        return self[:]
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # copy / pickle probes and unset private fields
+            raise AttributeError(name)
+        return getattr(self.materialize(), name)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        def real(a):
+            if isinstance(a, LazyRows):
+                return a.materialize()
+            return type(a)(real(b) for b in a) if isinstance(a, (list, tuple)) else a
+
+        return func(*real(args), **{k: real(v) for k, v in (kwargs or {}).items()})
+
+    def __reduce_ex__(self, protocol):  # saved (checkpoints of stores holding stream data) as a plain tensor
+        return self.materialize().__reduce_ex__(protocol)
+
+    def __deepcopy__(self, memo) -> LazyRows:  # read-only: a copy may share it
+        return self
+
+    def __repr__(self) -> str:
+        name = getattr(getattr(self.fn, "func", self.fn), "__name__", "fn")
+        return f"LazyRows({name}, shape={tuple(self.shape)}, dtype={self.dtype})"
 
 
 @dataclass

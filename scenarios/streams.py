@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from clframe.data.cifar import augment as cifar_augment
 from clframe.errors import ConfigError
 from clframe.registry import register_scenario
 from clframe.scenarios.splits import per_class_subset, resolve_class_order, split
-from clframe.stream import Experience, Stream, TensorData
+from clframe.stream import CacheBudget, Experience, LazyRows, Stream, TensorData
 
 
 @register_scenario("seq_cifar10")
@@ -68,29 +69,36 @@ def rotated(
     angles: Sequence[float] | None = None,
     max_angle: float = 180.0,
     train_per_experience: int | None = 1000,
+    cache_mb: float = 1024,
     seed: int = 0,
 ) -> Stream:
     """Rotated MNIST, domain-incremental (Lopez-Paz & Ranzato 2017): the same 10 classes, each
     experience rotates every image by its own angle — ``angles`` or seeded uniform in
     ``[0, max_angle)``. Each experience trains on ``train_per_experience`` random samples (GEM: 1000;
-    ``null`` = all) and is tested on the whole rotated test set."""
+    ``null`` = all) and is tested on the whole rotated test set.
+    Rotated images are computed when first used (:class:`LazyRows`) and kept while the stream's
+    rotated copies fit in ``cache_mb`` MB; the rest are rotated again per batch on every use
+    (memory bounded by ``cache_mb`` whatever ``n_experiences``, at the cost of rotations)."""
     if angles is None:
         if n_experiences <= 0:
             raise ConfigError("scenario.n_experiences", n_experiences, "a positive integer")
         gen = torch.Generator().manual_seed(seed)
         angles = (torch.rand(n_experiences, generator=gen) * max_angle).tolist()
+    if not (isinstance(cache_mb, (int, float)) and cache_mb >= 0):
+        raise ConfigError("scenario.cache_mb", cache_mb, "a non-negative number of MB (0: rotate per batch)")
     train, test = load_dataset(dataset)
+    cache = CacheBudget(int(cache_mb * 2**20))
     gen = torch.Generator().manual_seed(seed + 1)
     exps = []
     for i, deg in enumerate(angles):
-        idx = torch.randperm(len(train), generator=gen)[:train_per_experience]
-        tr = train.subset(idx.sort().values)
+        rows = torch.randperm(len(train), generator=gen)[:train_per_experience].sort().values
+        turn = partial(rotate, degrees=deg)
         exps.append(
             Experience(
                 i,
                 "learn",
-                TensorData(rotate(tr.x, deg), tr.y, tr.ids, tr.task),
-                TensorData(rotate(test.x, deg), test.y, test.ids, test.task),
+                TensorData(LazyRows(train.x, turn, rows, cache), train.y[rows], train.ids[rows], train.task[rows]),
+                TensorData(LazyRows(test.x, turn, cache=cache), test.y, test.ids, test.task),
                 train.classes(),
                 name=f"rot_{deg:.0f}",
             )

@@ -37,6 +37,26 @@ def weighted_drift(module: nn.Module, importance: dict[str, Tensor], anchor: dic
     return sum((w * (params[k] - anchor[k]).pow(2)).sum() for k, w in importance.items())
 
 
+def merge_quadratics(
+    w_a: dict[str, Tensor], a: dict[str, Tensor], w_b: dict[str, Tensor], b: dict[str, Tensor]
+) -> tuple[dict[str, Tensor], dict[str, Tensor], float]:
+    """One quadratic for two: ``w_a (theta - a)^2 + w_b (theta - b)^2 = w (theta - m)^2 + c`` elementwise,
+    with ``w = w_a + w_b``, ``m = (w_a a + w_b b) / w`` (``b`` where ``w = 0``) and the constant
+    ``c = sum w_a w_b / w (a - b)^2``. Same gradient, one term: penalties summed over experiences
+    cost one :func:`weighted_drift` and one stored pair however many experiences they cover."""
+    w, m, c = dict(w_a), dict(a), 0.0  # a parameter in one quadratic only keeps its term
+    for k, wb in w_b.items():
+        if k not in w_a:
+            w[k], m[k] = wb, b[k]
+            continue
+        wk = w_a[k] + wb
+        nonzero = wk > 0
+        safe = torch.where(nonzero, wk, torch.ones_like(wk))
+        w[k], m[k] = wk, torch.where(nonzero, (w_a[k] * a[k] + wb * b[k]) / safe, b[k])
+        c += float((w_a[k].double() * wb.double() / safe.double() * (a[k].double() - b[k].double()).pow(2)).sum())
+    return w, m, c
+
+
 def fisher_diagonal(
     strategy, data, n_samples: int | None, generator: torch.Generator, batch_size: int = 256
 ) -> dict[str, Tensor]:
