@@ -221,3 +221,14 @@ def test_corrupt_tensor_cache_is_rebuilt_after_a_warning(cifar_roots, caplog, da
     assert len(train) == 6 and len(test) == 6
     rebuilt = torch.load(path, weights_only=True)
     assert torch.equal(rebuilt["train_x"], good["train_x"]) and rebuilt["classes"] == good["classes"]
+
+
+def test_default_data_root_does_not_depend_on_the_current_folder(tmp_path, monkeypatch):
+    from clframe.data import REPO, data_root, data_root_candidates
+
+    monkeypatch.delenv("CLFRAME_DATA_ROOT", raising=False)
+    here = data_root()
+    monkeypatch.chdir(tmp_path)  # another folder: same answer (it used to be ../shared/data from the cwd)
+    assert data_root() == here
+    assert data_root_candidates()[0] == REPO.parent / "shared" / "data"
+    assert (REPO / "clframe" / "__init__.py").is_file()

@@ -26,15 +26,23 @@ ENV_ROOT = "CLFRAME_DATA_ROOT"
 _DATASETS: dict[str, Callable[[], tuple[TensorData, TensorData]]] = {}
 
 
+REPO = Path(__file__).resolve().parents[2]  # the checkout (or site-packages) that holds the clframe package
+
+
+def data_root_candidates() -> list[Path]:
+    """Where the data root is looked for when ``$CLFRAME_DATA_ROOT`` is unset, first existing one wins: next to
+    the checkout (``<repo>/../shared/data``, ``<repo>/data``), then ``~/.cache/clframe`` — found from the
+    package's location, never from the current folder, so a run started elsewhere finds the same data."""
+    return [REPO.parent / "shared" / "data", REPO / "data", Path("~/.cache/clframe").expanduser()]
+
+
 def data_root() -> Path:
-    """``$CLFRAME_DATA_ROOT``, else ``../shared/data`` if it exists, else ``~/.cache/clframe``."""
+    """``$CLFRAME_DATA_ROOT``, else the first existing folder of :func:`data_root_candidates` (else the last)."""
     env = os.environ.get(ENV_ROOT)
     if env:
         return Path(env).expanduser().resolve()
-    shared = Path("../shared/data")
-    if shared.is_dir():
-        return shared.resolve()
-    return Path("~/.cache/clframe").expanduser()
+    candidates = data_root_candidates()
+    return next((p.resolve() for p in candidates if p.is_dir()), candidates[-1])
 
 
 def register_dataset(name: str) -> Callable:
@@ -152,7 +160,9 @@ def require_files(*paths: Path, dataset: str, hint: str = "") -> None:
     if missing:
         raise DataNotFoundError(
             f"{dataset} files not found: {', '.join(missing)}. Set {ENV_ROOT} to the folder that holds "
-            f"them (currently {ENV_ROOT}={os.environ.get(ENV_ROOT)!r}, data root {data_root()}). "
+            f"them (currently {ENV_ROOT}={os.environ.get(ENV_ROOT)!r}, data root {data_root()}"
+            + ("" if os.environ.get(ENV_ROOT) else f"; searched {', '.join(map(str, data_root_candidates()))}")
+            + "). "
             "clframe never downloads data." + (f" {hint}" if hint else "")
         )
 
