@@ -212,9 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[cmd](rest)
-    except KeyboardInterrupt:
-        print("error: interrupted (finished events are kept; resume= continues the run)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        why = "terminated (SIGTERM)" if str(err) == "SIGTERM" else "interrupted"
+        print(f"error: {why} (finished events are kept; resume= continues the run)", file=sys.stderr)
+        return 143 if str(err) == "SIGTERM" else 130
     except Exception as err:
         if _debug():
             raise

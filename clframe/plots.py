@@ -45,8 +45,7 @@ def plot_accuracy_matrix(m: dict, path: Path) -> Path:
     future = np.triu(np.ones_like(R, dtype=bool), k=1)  # not learned yet: greyed (class-/task-IL: 0 by masking)
     show_future = m.get("setting") == "domain"  # domain-IL: the value means something (forward transfer)
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * R.shape[1], 1.0 + 0.7 * R.shape[0]))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#e6e6e6")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#e6e6e6")
     im = ax.imshow(np.ma.masked_array(R, mask=future | np.isnan(R)), vmin=0, vmax=100, cmap=cmap)
     for (i, j), v in np.ndenumerate(R):
         if future[i, j]:

@@ -15,7 +15,9 @@ import os
 import platform
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -362,12 +364,34 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         with run_lock(run_dir):  # one run per directory at a time
             prepare_run_dir(run_dir, resume=bool(cfg.get("resume")), overwrite=bool(cfg.get("overwrite")))
-            with _run_log(run_dir):
+            with _run_log(run_dir), _sigterm_interrupts():
                 return _run_locked(cfg, stream, strategy, evaluators, logger, context)
     except ConfigError:
         if created and not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
             shutil.rmtree(run_dir, ignore_errors=True)  # refused before anything was written: leave no trace
         raise
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption or time limit, ``kill``) during a run: handled like Ctrl-C — the
+    run's status becomes ``interrupted``, finished events are kept, ``resume=`` continues it."""
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` for the duration of the run (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -486,8 +510,8 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str,
     except NonFiniteLossError as err:
         status, error = "failed", str(err)
         raise
-    except KeyboardInterrupt:
-        status, error = "interrupted", "KeyboardInterrupt"
+    except KeyboardInterrupt as err:
+        status, error = "interrupted", "SIGTERM" if isinstance(err, Terminated) else "KeyboardInterrupt"
         raise
     except BaseException as err:
         status, error = "failed", f"{type(err).__name__}: {err}"

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from clframe.cli import main
+from clframe.config import compose
 from clframe.errors import CheckpointError, ConfigError
 from clframe.report import load_metrics
 from clframe.runner import check_resume_overrides, run
@@ -224,3 +225,28 @@ def test_disk_full_names_the_file_and_keeps_the_previous_version(tmp_path, monke
         write_json(target, {"v": 2})
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert json.loads(target.read_text()) == {"v": 1} and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_sigterm_marks_the_run_interrupted_and_resume_finishes_it(tmp_path):
+    """A scheduler's SIGTERM (preemption, time limit) is handled like Ctrl-C: status ``interrupted``, exit
+    143, finished events kept; ``resume=`` ends with the matrix of an uninterrupted run."""
+    import signal
+    import time
+
+    args = ["scenario=split_digits", "strategy=naive", "logger=none", "progress_bar=none", "plots=false",
+            "trainer.max_epochs=40"]  # fmt: skip
+    env = {**os.environ, "CLFRAME_DATA_ROOT": os.environ.get("CLFRAME_DATA_ROOT", "")}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "clframe", "run", *args, f"run_dir={killed}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline, events = time.time() + 240, killed / "events.jsonl"
+    while time.time() < deadline and not (events.is_file() and events.read_text().strip()):
+        time.sleep(0.2)  # until the first event is finished
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in err
+    m = json.loads((killed / "metrics.json").read_text())
+    assert m["status"] == "interrupted" and m["error"] == "SIGTERM" and 1 <= len(m["row_events"]) < 5
+    resumed = run(compose([f"resume={killed}"]))
+    full = run(compose([*args, f"run_dir={tmp_path / 'full'}"]))
+    assert resumed["status"] == "complete" and resumed["accuracy_matrix"] == full["accuracy_matrix"]
