@@ -21,21 +21,26 @@ def load_metrics(run_dir: str | Path) -> dict[str, Any]:
     return metrics
 
 
-def format_matrix(R: list[list[float]]) -> str:
+def format_matrix(R: list[list[float]], setting: str = "class") -> str:
+    """The accuracy matrix in percent; ``–``: a column whose classes were all deliberately forgotten; ``·``: an
+    experience not learned yet (outside domain-IL its accuracy is 0 by masking, not a measurement)."""
     if not R:
         return "(no experience finished)"
     cols = len(R[0])
     lines = ["after \\ on " + " ".join(f"{'exp' + str(j):>7}" for j in range(cols))]
     for i, row in enumerate(R):
-        # None / NaN: a column whose classes were all deliberately forgotten (no longer asked)
-        lines.append(f"exp {i:<7}" + " ".join(f"{'–':>7}" if v is None or v != v else f"{100 * v:7.2f}" for v in row))
+        cells = [
+            f"{'·':>7}" if j > i and setting != "domain" else f"{'–':>7}" if v is None or v != v else f"{100 * v:7.2f}"
+            for j, v in enumerate(row)
+        ]
+        lines.append(f"exp {i:<7}" + " ".join(cells))
     return "\n".join(lines)
 
 
 def print_summary(result: dict[str, Any]) -> None:
     print(f"\n{result['scenario']} / {result['strategy']} / seed {result['seed']}  [{result['status']}]")
-    print("accuracy matrix (%, row: after training on experience i; column: test split of j)")
-    print(format_matrix(result["accuracy_matrix"]))
+    print("accuracy matrix (%, row: after training on experience i; column: test split of j; ·: not learned yet)")
+    print(format_matrix(result["accuracy_matrix"], result.get("setting", "class")))
     undefined = result.get("undefined_metrics") or {}
     for key, value in result["metrics"].items():
         if value is not None:  # None: undefined in this setting (cl/fwt outside domain-IL) or nothing left to ask

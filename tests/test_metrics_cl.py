@@ -247,8 +247,10 @@ def test_headline_leaves_out_undefined_metrics(capsys, tmp_path):
         "metrics": cl_summary(R, [0.1, 0.05, 0.3], setting="class"),
         "undefined_metrics": undefined_metrics("class"),
     }
-    print_summary({**result, "accuracy_matrix": [[None, 0.5]]})  # None: a column whose classes were all forgotten
+    print_summary({**result, "accuracy_matrix": [[None, 0.5]], "setting": "domain"})  # None: all forgotten
     assert "exp 0" + " " * 12 + "–   50.00" in capsys.readouterr().out.splitlines()
+    print_summary({**result, "accuracy_matrix": [[None, 0.5]]})  # class-IL: a future cell is 0 by masking
+    assert "exp 0" + " " * 12 + "–       ·" in capsys.readouterr().out.splitlines()
     print_summary(result)
     lines = capsys.readouterr().out.splitlines()
     assert "  cl/avg_acc         66.67" in lines
