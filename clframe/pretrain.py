@@ -137,9 +137,12 @@ def pretraining_data(node: Mapping[str, Any], seed: int) -> tuple[TensorData, li
     return data, classes
 
 
-def train_backbone(backbone: nn.Module, data: TensorData, node: Mapping[str, Any], seed: int) -> dict[str, float]:
-    """Cross-entropy training of ``backbone`` + a temporary linear head (discarded afterwards)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def train_backbone(
+    backbone: nn.Module, data: TensorData, node: Mapping[str, Any], seed: int, device: torch.device | None = None
+) -> dict[str, float]:
+    """Cross-entropy training of ``backbone`` + a temporary linear head (discarded afterwards), on ``device``
+    (the run's engine device; default: CUDA if available)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     head = nn.Linear(backbone.num_features, int(data.y.max()) + 1)
     backbone.to(device).train()
     head.to(device)
@@ -206,7 +209,8 @@ def run_pretraining(
         info["overlap"] = check_leakage(  # before training: fail fast
             stream, dataset=node["dataset"], classes=classes, hashes=hashes, allow_overlap=node["allow_overlap"]
         )
-        info.update(train_backbone(strategy.backbone, data, node, seed))
+        engine = getattr(strategy, "engine", None)  # the run's device (trainer.accelerator), as the stream's training
+        info.update(train_backbone(strategy.backbone, data, node, seed, engine.device if engine is not None else None))
         if node["save"]:
             meta = {"dataset": node["dataset"], "classes": classes, "hashes": torch.tensor(sorted(hashes))}
             out = Path(run_dir) / SAVED_NAME

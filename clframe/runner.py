@@ -128,6 +128,7 @@ def run_context(cfg: DictConfig, stream: Stream, run_dir: Path | str = ".", engi
 
     def new_strategy(workdir: Path | None = None):
         strategy = build_strategy(cfg, stream, unlearner=False)
+        strategy.engine = engine
         if workdir is not None and cfg.get("pretrain"):
             run_pretraining(strategy, cfg.pretrain, stream, seed=int(cfg.seed), run_dir=workdir)
         return strategy
@@ -352,6 +353,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg = resumed_config(cfg)
     stream, strategy = build(cfg)
     engine = Engine.from_config(cfg)
+    strategy.engine = engine  # auxiliary loops (pretraining, unlearning) train where the stream trains
     evaluators = build_evaluators(cfg)
     run_dir = resolve_run_dir(cfg, stream)
     cfg.run_dir = str(run_dir)
@@ -633,7 +635,10 @@ def _finish_logger(logger, status: str, headline: dict[str, Any], step: int) -> 
 
 def environment() -> dict[str, str]:
     """Versions and device of this process (reports and metrics.json say what produced a number)."""
-    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    try:
+        cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001  (a driver that cannot name its device: report the CPU)
+        cuda = None
     return {
         "clframe": clframe.__version__, "python": platform.python_version(), "torch": torch.__version__,
         "lightning": lightning.__version__, "platform": platform.platform(), "device": cuda or "cpu",

@@ -112,6 +112,7 @@ class Strategy(pl.LightningModule):
         # set by the training loop: optimiser steps taken / planned in the current experience (schedules)
         self.step_in_experience, self.steps_per_experience = 0, 1
         self.unlearner = None  # set by the runner from cfg.unlearning; answers forget requests
+        self.engine = None  # set by the runner: the run's clframe.fit.Engine (auxiliary loops train on its device)
         self._stores: dict[str, Any] = {}  # name -> SampleStore (clframe.stores)
 
     # ------------------------------------------------------------------ sample stores

@@ -250,3 +250,15 @@ def test_sigterm_marks_the_run_interrupted_and_resume_finishes_it(tmp_path):
     resumed = run(compose([f"resume={killed}"]))
     full = run(compose([*args, f"run_dir={tmp_path / 'full'}"]))
     assert resumed["status"] == "complete" and resumed["accuracy_matrix"] == full["accuracy_matrix"]
+
+
+def test_auxiliary_loops_train_on_the_engine_device(make_cfg, monkeypatch):
+    """Pretraining and the unlearner follow ``trainer.accelerator`` (the engine's device), not their own
+    "CUDA if available" rule: with CUDA reported available but ``accelerator=cpu`` both run on the CPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    pre = run(make_cfg(*SMALL, "scenario=split_digits", "trainer.accelerator=cpu", "pretrain=digits",
+                       "pretrain.epochs=1", "pretrain.allow_overlap=true"))  # fmt: skip
+    assert pre["status"] == "complete" and pre["pretrain"]["source"] == "trained"
+    unl = run(make_cfg(*SMALL, "scenario=unlearning_digits", "trainer.accelerator=cpu", "unlearning=ga",
+                       "unlearning.steps=3"))  # fmt: skip
+    assert unl["status"] == "complete" and unl["forget_requests"]

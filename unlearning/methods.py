@@ -30,6 +30,14 @@ from clframe.unlearning.pieces import accuracy_on, batches, npo_loss, simnpo_los
 
 
 # ---------------------------------------------------------------- methods
+def auto_device(strategy) -> torch.device:
+    """``device: auto``: the run's engine device (``trainer.accelerator``), else CUDA if available."""
+    engine = getattr(strategy, "engine", None)
+    if engine is not None:
+        return engine.device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class Unlearner:
     """Runs ``steps`` optimisation steps of :meth:`loss` on (forget batch, retain batch) pairs.
 
@@ -87,8 +95,7 @@ class Unlearner:
     def __call__(self, strategy, exp) -> None:
         if exp.forget is None or not len(exp.forget):
             raise ConfigError("forget", exp.name, hint="a forget request needs a non-empty forget set")
-        auto = self.device == "auto"
-        device = torch.device("cuda" if auto and torch.cuda.is_available() else ("cpu" if auto else self.device))
+        device = torch.device(self.device) if self.device != "auto" else auto_device(strategy)
         strategy.to(device)
         self.ref = strategy.frozen_copy()
         strategy.train(not self.freeze_norm)
