@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 from clframe.errors import ConfigError
-from clframe.io import atomic_write_text
+from clframe.io import atomic_write_text, log_records_to
 
 USAGE = """clframe — continual learning and unlearning as events of one stream
 
@@ -42,26 +42,9 @@ def _run(argv: list[str]) -> int:
     cfg = compose(argv)
     if cfg.get("resume"):
         check_resume_overrides(argv)
-    with _console_logging():
+    with log_records_to(logging.StreamHandler(sys.stdout), "%(message)s"):  # as Hydra's job logging would
         print_summary(run(cfg))
     return 0
-
-
-@contextmanager
-def _console_logging():
-    """clframe's log records on stdout for the duration of one command (as Hydra's job logging would)."""
-    import logging
-
-    log, handler = logging.getLogger("clframe"), logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-    level = log.level
-    log.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(level)
 
 
 def _run_hydra(argv: list[str]) -> int:

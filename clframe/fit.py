@@ -138,14 +138,6 @@ def check_trainer_values(opts: dict[str, Any]) -> None:
         raise bad("devices", "a positive integer, a list of device ids, or auto")
 
 
-def check_training(cfg: DictConfig) -> None:
-    """Everything :func:`fit` will read from ``cfg``, checked before a run writes anything."""
-    trainer_options(cfg)
-    bar = cfg.get("progress_bar", "tqdm")
-    if bar not in PROGRESS_BARS:
-        raise ConfigError("progress_bar", bar, PROGRESS_BARS)
-
-
 def batches_per_epoch(n_batches: int, opts: dict[str, Any]) -> int:
     """``limit_train_batches`` as Lightning reads it: an int is a count, a float a fraction."""
     limit = opts.get("limit_train_batches")
@@ -188,8 +180,11 @@ class Engine:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Engine:
-        check_training(cfg)
-        return cls(trainer_options(cfg), cfg.get("progress_bar", "tqdm"))
+        """Everything :func:`fit` will read from ``cfg``, checked (before a run writes anything)."""
+        options, bar = trainer_options(cfg), cfg.get("progress_bar", "tqdm")
+        if bar not in PROGRESS_BARS:
+            raise ConfigError("progress_bar", bar, PROGRESS_BARS)
+        return cls(options, bar)
 
     @property
     def device(self) -> torch.device:

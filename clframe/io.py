@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -19,6 +20,23 @@ except ImportError:  # Windows: no advisory locks, runs are not locked
     fcntl = None
 
 LOCK_FILE = ".clframe.lock"
+
+
+@contextmanager
+def log_records_to(handler: logging.Handler, fmt: str) -> Iterator[None]:
+    """Send clframe's log records (at least INFO) to ``handler`` for the duration of the block."""
+    log = logging.getLogger("clframe")
+    handler.setFormatter(logging.Formatter(fmt))
+    log.addHandler(handler)
+    level = log.level
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        handler.close()
 
 
 def _atomic(path: Path, write) -> None:

@@ -7,6 +7,7 @@ it directly with a config from :func:`clframe.config.compose`.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -33,8 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 import clframe
 from clframe.errors import CheckpointError, ConfigError, NonFiniteLossError
 from clframe.evaluation import RunContext, retained_matrix
-from clframe.fit import Engine, check_training, fit
-from clframe.io import LOCK_FILE, atomic_torch_save, atomic_write_text, run_lock, write_json
+from clframe.fit import Engine, fit
+from clframe.io import LOCK_FILE, atomic_torch_save, atomic_write_text, log_records_to, run_lock, write_json
 from clframe.plots import plot_run
 from clframe.pretrain import check_pretraining, restore_pretraining, run_pretraining
 from clframe.registry import BACKBONES, EVALUATORS, SCENARIOS, STRATEGIES, SUMMARIES, UNLEARNERS, load_plugins
@@ -57,7 +58,7 @@ def build(cfg: DictConfig) -> tuple[Stream, Any]:
     strategy does not support (:func:`~clframe.strategy.check_capabilities`) before anything is written."""
     load_plugins(cfg.get("plugins") or ())
     check_run_keys(cfg)
-    check_training(cfg)
+    Engine.from_config(cfg)  # trainer values and progress bar, refused here
     for name in cfg.get("summaries", ["cl"]):
         SUMMARIES.get(name)  # an unknown summary fails here, with the registered ones
     if cfg.get("pretrain"):
@@ -366,7 +367,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         with run_lock(run_dir):  # one run per directory at a time
             prepare_run_dir(run_dir, resume=bool(cfg.get("resume")), overwrite=bool(cfg.get("overwrite")))
-            with _run_log(run_dir), _sigterm_interrupts():
+            run_log = logging.FileHandler(run_dir / "run.log", delay=True)  # the run's log, inside its folder
+            with log_records_to(run_log, "%(asctime)s %(levelname)s %(message)s"), _sigterm_interrupts():
                 return _run_locked(cfg, stream, strategy, evaluators, logger, context)
     except ConfigError:
         if created and not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
@@ -394,23 +396,6 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def _run_log(run_dir: Path) -> Iterator[None]:
-    """Copy clframe's log records into ``run_dir/run.log`` for the duration of the run."""
-    handler = logging.FileHandler(run_dir / "run.log", delay=True)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    level = log.level
-    if log.getEffectiveLevel() > logging.INFO:
-        log.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(level)
-        handler.close()
 
 
 def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str, Any], logger, context) -> dict:
@@ -633,8 +618,10 @@ def _finish_logger(logger, status: str, headline: dict[str, Any], step: int) -> 
         logger.finalize(status)
 
 
+@functools.cache
 def environment() -> dict[str, str]:
-    """Versions and device of this process (reports and metrics.json say what produced a number)."""
+    """Versions and device of this process (reports and metrics.json say what produced a number); the same for
+    the whole process, so computed once."""
     try:
         cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except Exception:  # noqa: BLE001  (a driver that cannot name its device: report the CPU)
