@@ -111,36 +111,36 @@ def _annotations(obj: Callable) -> dict[str, Any]:
     return hints
 
 
-_SCALARS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _expected(tp: Any) -> list[str] | None:
-    """Descriptions of the plain types ``tp`` allows (``None`` for annotations this check leaves alone)."""
-    if tp is type(None):
-        return ["null"]
-    if tp in _SCALARS:
-        return [_SCALARS[tp]]
+def _list_like(v: Any) -> bool:
+    return (isinstance(v, Sequence) and not isinstance(v, str)) or type(v).__name__ == "ListConfig"
+
+
+# annotation -> (what the error says is expected, the test a value must pass)
+_PLAIN: dict[Any, tuple[str, Callable[[Any], bool]]] = {
+    type(None): ("null", lambda v: v is None),
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("a finite number", _finite_number),
+    str: ("a string", lambda v: isinstance(v, str)),
+}
+_LIST = ("a list", _list_like)
+
+
+def _expected(tp: Any) -> list[tuple[str, Callable[[Any], bool]]] | None:
+    """The plain types ``tp`` allows (``None`` for annotations this check leaves alone)."""
+    if tp in _PLAIN:
+        return [_PLAIN[tp]]
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         parts = [_expected(a) for a in typing.get_args(tp)]
         return None if any(p is None for p in parts) else [d for p in parts for d in p]
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
-        return ["a list"]
+        return [_LIST]
     return None
-
-
-def _fits(value: Any, description: str) -> bool:
-    if description == "null":
-        return value is None
-    if description == "true or false":
-        return isinstance(value, bool)
-    if description == "an integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if description == "a finite number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if description == "a string":
-        return isinstance(value, str)
-    return isinstance(value, Sequence) and not isinstance(value, str) or type(value).__name__ == "ListConfig"
 
 
 def check_types(kind: str, obj: Callable, kwargs: Mapping[str, Any]) -> None:
@@ -149,8 +149,8 @@ def check_types(kind: str, obj: Callable, kwargs: Mapping[str, Any]) -> None:
     hints = _annotations(obj)
     for key, value in kwargs.items():
         expected = _expected(hints[key]) if key in hints else None
-        if expected and not any(_fits(value, d) for d in expected):
-            raise ConfigError(f"{kind}.{key}", value, " or ".join(expected))
+        if expected and not any(fits(value) for _, fits in expected):
+            raise ConfigError(f"{kind}.{key}", value, " or ".join(what for what, _ in expected))
 
 
 STRATEGIES = Registry("strategy")
