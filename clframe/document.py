@@ -14,18 +14,13 @@ import yaml
 
 from clframe.io import atomic_write_text
 from clframe.plots import plot_comparison, plot_run
-from clframe.report import compare_rows, find_runs, load_metrics
+from clframe.report import compare_rows, find_runs, load_metrics, markdown_table, matrix_cell
 
 
 def _matrix_rows(R: list[list[float | None]], setting: str = "class") -> tuple[list[str], list[list[str]]]:
-    """The accuracy matrix as table cells in percent; a future cell (j > i, not learned yet) is ``·`` (outside
-    domain-IL it is 0 by masking), a column whose classes were all deliberately forgotten ``–``."""
+    """The accuracy matrix as a table (cells as :func:`clframe.report.matrix_cell`)."""
     header = ["after \\ on", *(f"exp {j}" for j in range(len(R[0]) if R else 0))]
-    rows = []
-    for i, row in enumerate(R):
-        cell = lambda v: "–" if v is None or v != v else f"{100 * v:.2f}"  # noqa: E731
-        cells = ["·" if j > i and setting != "domain" else cell(v) for j, v in enumerate(row)]
-        rows.append([f"exp {i}", *cells])
+    rows = [[f"exp {i}", *(matrix_cell(v, j > i, setting) for j, v in enumerate(row))] for i, row in enumerate(R)]
     return header, rows
 
 
@@ -73,10 +68,7 @@ def _markdown(blocks: list[tuple[str, Any]]) -> str:
         elif kind == "text":
             out.append(content)
         elif kind == "table":
-            header, rows = content
-            esc = lambda v: str(v).replace("|", "\\|")  # noqa: E731
-            lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
-            out.append("\n".join(lines + ["| " + " | ".join(map(esc, r)) + " |" for r in rows]))
+            out.append(markdown_table(*content))
         elif kind == "code":
             out.append("```yaml\n" + content.rstrip() + "\n```")
         elif kind == "image":

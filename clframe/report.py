@@ -21,19 +21,29 @@ def load_metrics(run_dir: str | Path) -> dict[str, Any]:
     return metrics
 
 
+def matrix_cell(v: float | None, future: bool, setting: str = "class") -> str:
+    """One accuracy-matrix entry in percent: ``·`` for an experience not learned yet (outside domain-IL its
+    accuracy is 0 by masking, not a measurement), ``–`` for a column whose classes were all forgotten."""
+    if future and setting != "domain":
+        return "·"
+    return "–" if v is None or v != v else f"{100 * v:.2f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (``|`` inside a cell escaped)."""
+    esc = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(esc, r)) + " |" for r in rows])
+
+
 def format_matrix(R: list[list[float]], setting: str = "class") -> str:
-    """The accuracy matrix in percent; ``–``: a column whose classes were all deliberately forgotten; ``·``: an
-    experience not learned yet (outside domain-IL its accuracy is 0 by masking, not a measurement)."""
+    """The accuracy matrix as printed after a run (cells as :func:`matrix_cell`)."""
     if not R:
         return "(no experience finished)"
     cols = len(R[0])
     lines = ["after \\ on " + " ".join(f"{'exp' + str(j):>7}" for j in range(cols))]
     for i, row in enumerate(R):
-        cells = [
-            f"{'·':>7}" if j > i and setting != "domain" else f"{'–':>7}" if v is None or v != v else f"{100 * v:7.2f}"
-            for j, v in enumerate(row)
-        ]
-        lines.append(f"exp {i:<7}" + " ".join(cells))
+        lines.append(f"exp {i:<7}" + " ".join(f"{matrix_cell(v, j > i, setting):>7}" for j, v in enumerate(row)))
     return "\n".join(lines)
 
 
@@ -117,6 +127,4 @@ def compare_table(run_dirs: list[str], fmt: str = "md") -> str:
         return "\n".join(lines) + "\n"
     if fmt != "md":
         raise ValueError(f"format {fmt!r} is invalid; valid choices: md, csv, latex")
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
+    return markdown_table(header, rows)
