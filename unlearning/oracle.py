@@ -64,14 +64,13 @@ def code_version(strategy) -> str:
     return h.hexdigest()
 
 
-def oracle_key(training_key: str, exps: list[Experience], forgotten: torch.Tensor, strategy=None) -> str:
+def oracle_key(training_key: str, exps: list[Experience], forgotten: torch.Tensor, strategy) -> str:
     """The cache key: the run's training identity (:attr:`~clframe.evaluation.RunContext.training_key`),
-    the training data, the forgotten ids and (given the strategy) the code version."""
+    the training data, the forgotten ids and the code version of ``strategy``."""
     h = hashlib.sha256(training_key.encode())
     h.update(data_digest(exps).encode())
     h.update(forgotten.numpy().tobytes())
-    if strategy is not None:
-        h.update(code_version(strategy).encode())
+    h.update(code_version(strategy).encode())
     return h.hexdigest()[:20]
 
 
