@@ -111,15 +111,15 @@ def table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def learn_once(cfg, eval_kwargs: dict):
+def learn_once(cfg, eval_kwargs: dict, evaluator: str = "unlearning"):
     """Learn the experiences before the forget event once (exactly as ``clframe run`` does: same
     per-event seeds), with the unlearning evaluator watching; every method then starts from a copy."""
     from clframe.fit import Engine
+    from clframe.registry import EVALUATORS
     from clframe.runner import build, eval_device, learn_experience, run_context, start_event
-    from clframe.unlearning.evaluator import UnlearningEvaluator
 
     stream, strategy = build(cfg)
-    evaluator = UnlearningEvaluator(**eval_kwargs)
+    evaluator = EVALUATORS.build({"name": evaluator, **eval_kwargs})
     evaluator.setup(run_context(cfg, stream, cfg.run_dir))
     pos = next(e.id for e in stream.experiences if e.kind == "forget")
     for exp in stream.experiences[:pos]:

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from clframe.errors import ConfigError
+
 
 @dataclass
 class RunContext:
@@ -45,7 +47,12 @@ class RunContext:
 
 
 class Evaluator:
-    """Base class: override :meth:`after_event`, optionally :meth:`finalize` and the state pair."""
+    """Base class: override :meth:`after_event`, optionally :meth:`finalize` and the state pair.
+
+    :attr:`models` names the kinds of strategy it measures (``classifier``, ``language_model``); the run
+    refuses another kind before anything is written (:func:`check_evaluators`)."""
+
+    models: tuple[str, ...] = ("classifier",)
 
     def setup(self, context: RunContext) -> None:
         """Called once before the stream (e.g. to keep ``context`` for retraining an oracle)."""
@@ -63,6 +70,16 @@ class Evaluator:
 
     def load_state(self, state: dict[str, Any]) -> None:
         pass
+
+
+def check_evaluators(evaluators: dict[str, Evaluator], strategy) -> None:
+    """Every evaluator measures this kind of strategy (a class head, or a causal language model)."""
+    kind = "language_model" if getattr(strategy, "language_model", False) else "classifier"
+    for name, evaluator in evaluators.items():
+        if kind not in evaluator.models:
+            raise ConfigError(
+                "evaluators", name, hint=f"it measures {', '.join(evaluator.models)} strategies, not a {kind}"
+            )
 
 
 def retained_matrix(correct, total, removed: Iterable[int] = ()) -> np.ndarray:

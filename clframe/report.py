@@ -36,6 +36,19 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(esc, r)) + " |" for r in rows])
 
 
+#: headline metrics that are not fractions shown in percent (a p-value spans orders of magnitude)
+SCIENTIFIC = ("forget_quality",)
+
+
+def metric_text(key: str, value: float | None) -> str:
+    """A headline metric as printed and compared: percent with two decimals, a p-value in scientific notation."""
+    if value is None:
+        return "–"
+    if key.rsplit("/", 1)[-1] in SCIENTIFIC:
+        return f"{value:.2e}"
+    return f"{100 * value:.2f}"
+
+
 def format_matrix(R: list[list[float]], setting: str = "class") -> str:
     """The accuracy matrix as printed after a run (cells as :func:`matrix_cell`)."""
     if not R:
@@ -54,7 +67,7 @@ def print_summary(result: dict[str, Any]) -> None:
     undefined = result.get("undefined_metrics") or {}
     for key, value in result["metrics"].items():
         if value is not None:  # None: undefined in this setting (cl/fwt outside domain-IL) or nothing left to ask
-            print(f"  {key:<16} {100 * value:7.2f}")
+            print(f"  {key:<16} {metric_text(key, value):>7}")
     for key, reason in undefined.items():
         print(f"  {key:<16} not reported: {reason}")
     if result.get("run_dir"):
@@ -93,14 +106,14 @@ def _unlearning(run_dir: Path) -> str:
 def compare_rows(run_dirs: list[str]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the comparison: run, scenario, strategy, unlearning method and options, seed, status,
     then the ``cl/*`` headline metrics and every ``unlearn/*`` / ``retrieval/*`` metric any run reports
-    (percent, two decimals; ``–``: not reported by that run)."""
+    (:func:`metric_text`: percent with two decimals, forget quality as a p-value; ``–``: not reported)."""
     runs = [(d, load_metrics(d)) for d in find_runs(run_dirs)]
     extra = sorted({k for _, m in runs for k in m["metrics"] if k.split("/")[0] in ("unlearn", "retrieval")})
     keys = [*HEADLINE, *extra]
     header = ["run", "scenario", "strategy", "unlearning", "seed", "status", *keys]
     rows = []
     for d, m in runs:
-        vals = [f"{100 * m['metrics'][k]:.2f}" if m["metrics"].get(k) is not None else "–" for k in keys]
+        vals = [metric_text(k, m["metrics"].get(k)) for k in keys]
         rows.append([d.name, m["scenario"], m["strategy"], _unlearning(d), str(m["seed"]), m["status"], *vals])
     return header, rows
 

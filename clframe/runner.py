@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import clframe
 from clframe.errors import CheckpointError, ConfigError, NonFiniteLossError
-from clframe.evaluation import RunContext, retained_matrix
+from clframe.evaluation import RunContext, check_evaluators, retained_matrix
 from clframe.fit import Engine, fit
 from clframe.io import LOCK_FILE, atomic_torch_save, atomic_write_text, log_records_to, run_lock, write_json
 from clframe.plots import plot_run
@@ -108,7 +108,13 @@ def build_strategy(cfg: DictConfig, stream: Stream, *, unlearner: bool = True):
     """A freshly initialised strategy for ``stream`` (seeded by ``cfg.seed``: same config, same init), with
     the configured unlearner unless ``unlearner=False``."""
     seed_all(int(cfg.seed))
-    backbone = BACKBONES.build(cfg.backbone, input_shape=stream.input_shape)
+    text = stream.extras.get("tokenizer") is not None
+    if text != bool(getattr(BACKBONES.get(cfg.backbone.name), "language_model", False)):
+        fits = [n for n in BACKBONES.names() if bool(getattr(BACKBONES.get(n), "language_model", False)) == text]
+        kind = "a text stream: it needs a language-model backbone" if text else "not a text stream"
+        raise ConfigError("backbone", cfg.backbone.name, fits, hint=f"scenario {stream.name} is {kind}")
+    extra = {"tokenizer": stream.extras["tokenizer"]} if text else {}
+    backbone = BACKBONES.build(cfg.backbone, input_shape=stream.input_shape, **extra)
     strategy = STRATEGIES.build(cfg.strategy, backbone=backbone, n_classes=stream.n_classes, setting=stream.setting)
     if unlearner and cfg.get("unlearning"):
         strategy.unlearner = UNLEARNERS.build(cfg.unlearning)
@@ -189,6 +195,18 @@ def eval_device(cfg: DictConfig) -> torch.device:
 
 
 @torch.no_grad()
+def correct(strategy, data: TensorData, device: torch.device, batch_size: int = 2048) -> torch.Tensor:
+    """Per-sample bool of :meth:`Strategy.correct <clframe.strategy.Strategy.correct>` on ``data`` (eval mode)."""
+    strategy.eval().to(device)
+    batch_size = 256 if strategy.language_model else batch_size  # (batch, length, vocab) logits
+    parts = [
+        strategy.correct(*(t[i : i + batch_size].to(device) for t in (data.x, data.y, data.task))).cpu()
+        for i in range(0, len(data), batch_size)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+
+
+@torch.no_grad()
 def predict(strategy, data: TensorData, device: torch.device, batch_size: int = 2048) -> torch.Tensor:
     """Masked logits of ``strategy`` on ``data`` (eval mode, batched, on ``device``)."""
     strategy.eval().to(device)
@@ -200,12 +218,12 @@ def predict(strategy, data: TensorData, device: torch.device, batch_size: int = 
 
 
 def accuracy(strategy, data: TensorData, device: torch.device) -> float:
-    return float((predict(strategy, data, device).argmax(1) == data.y).float().mean())
+    return float(correct(strategy, data, device).float().mean())
 
 
 def class_counts(strategy, data: TensorData, device: torch.device) -> list[list[int]]:
     """``[correct per class, samples per class]`` of ``strategy`` on ``data`` (for class-restricted accuracies)."""
-    right = predict(strategy, data, device).argmax(1) == data.y
+    right = correct(strategy, data, device)
     n = strategy.n_classes
     return [torch.bincount(data.y[right], minlength=n).tolist(), torch.bincount(data.y, minlength=n).tolist()]
 
@@ -268,8 +286,21 @@ SAFE_RESUME_KEYS = ("progress_bar", "plots", "keep_checkpoints")
 # what clframe writes into a run directory (``overwrite=true`` removes these and nothing else)
 RUN_OUTPUTS = (
     "config.yaml", "metrics.json", "events.jsonl", "accuracy_matrix.csv", "run.log", "checkpoints", "plots", "logs",
-    "wandb", "oracle_cache",
+    "wandb", "oracle_cache", "tokenizer",
 )  # fmt: skip
+
+
+def save_tokenizer(stream: Stream, run_dir: Path) -> None:
+    """A text stream's tokenizer in ``<run_dir>/tokenizer`` (written whole or not at all): the run's own
+    vocabulary, to read its generations or load its weights elsewhere."""
+    tokenizer = stream.extras.get("tokenizer")
+    if tokenizer is None or not hasattr(tokenizer, "save_pretrained"):
+        return
+    tmp, target = run_dir / ".tokenizer.tmp", run_dir / "tokenizer"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
 
 
 def check_resume_overrides(overrides: list[str]) -> None:
@@ -356,6 +387,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     engine = Engine.from_config(cfg)
     strategy.engine = engine  # auxiliary loops (pretraining, unlearning) train where the stream trains
     evaluators = build_evaluators(cfg)
+    check_evaluators(evaluators, strategy)
     run_dir = resolve_run_dir(cfg, stream)
     cfg.run_dir = str(run_dir)
     logger = make_logger(cfg, run_dir, f"{stream.name}_{cfg.strategy.name}")  # writes nothing until first used
@@ -440,6 +472,7 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str,
     else:
         log.info("starting %s (%s / %s / seed %d)", run_dir, stream.name, cfg.strategy.name, seed)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+        save_tokenizer(stream, run_dir)
         if logger is not None:  # the resolved config as the run's hyperparameters (CSV: logs/hparams.yaml)
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         _write_events(run_dir, state)

@@ -10,6 +10,11 @@ and the standard supervised loss. A method overrides only what it changes:
 - :meth:`unlearn` — answer a forget request (``forget_exactly`` for methods that can, else the unlearner);
 - :meth:`state_for_checkpoint` / :meth:`load_checkpoint_state` — state beyond ``state_dict()``.
 
+A backbone with ``language_model = True`` (``clframe.backbones.causal_lm``) makes the strategy a causal
+language model: there is no class head, :meth:`logits` are next-token logits, :meth:`log_likelihood` is
+the log-probability of each sample's answer tokens and the loss their mean negative log-likelihood; the
+strategies whose :attr:`capabilities` say ``language_model=True`` run on it unchanged.
+
 Contracts (docs/contracts.md): sample stores are declared with :meth:`register_store` (checkpointed
 and purged by the base class / runner), :meth:`log_likelihood` is the one per-sample likelihood every
 unlearning method uses, :meth:`frozen_copy` is the reference model, and :attr:`capabilities` says which
@@ -30,7 +35,7 @@ from torch import Tensor, nn
 
 from clframe.errors import ConfigError, NonFiniteLossError
 from clframe.optim import check_optimizer, make_optimizer
-from clframe.registry import UNLEARNERS
+from clframe.registry import STRATEGIES, UNLEARNERS
 from clframe.stream import Experience, Stream, TensorLoader
 
 MASK_VALUE = -1e4  # logit of a class that is not allowed; finite so fp16 and KL stay well-defined
@@ -46,11 +51,14 @@ class Capabilities:
         needs_task_id: it picks task-specific parameters by the task id at test time (task-IL only).
         gradient_unlearning: forget requests can be answered by a gradient unlearner (``unlearning=<name>``);
             ``False`` for methods with nothing to train (e.g. a frozen backbone with class means).
+        language_model: it also runs with a causal-LM backbone (``backbone.language_model``): it uses only
+            the hooks below that the base class answers for both kinds (no class logits of its own).
     """
 
     settings: tuple[str, ...] = SETTINGS
     needs_task_id: bool = False
     gradient_unlearning: bool = True
+    language_model: bool = False
 
 
 class Strategy(pl.LightningModule):
@@ -98,7 +106,8 @@ class Strategy(pl.LightningModule):
             raise ConfigError("strategy.batch_size", batch_size, "a positive integer")
         check_optimizer("strategy.optimizer", optimizer)
         self.backbone = backbone
-        self.head = nn.Linear(backbone.num_features, n_classes)
+        self.language_model = bool(getattr(backbone, "language_model", False))
+        self.head = None if self.language_model else nn.Linear(backbone.num_features, n_classes)
         self.n_classes, self.setting = n_classes, setting
         self.lr, self.optimizer_name, self.momentum, self.weight_decay = lr, optimizer, momentum, weight_decay
         self.batch_size = batch_size
@@ -136,7 +145,9 @@ class Strategy(pl.LightningModule):
         return self.backbone.forward_features(x)
 
     def logits(self, x: Tensor) -> Tensor:
-        """Raw head outputs over all ``n_classes`` (no masking)."""
+        """Raw head outputs over all ``n_classes`` (no masking); a language model's next-token logits."""
+        if self.language_model:
+            return self.backbone.token_logits(x)
         return self.head(self.features(x))
 
     def class_mask(self, task: Tensor | None = None) -> Tensor:
@@ -148,13 +159,32 @@ class Strategy(pl.LightningModule):
         return self.seen
 
     def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
-        """Logits with disallowed classes set to ``MASK_VALUE``."""
+        """Logits with disallowed classes set to ``MASK_VALUE`` (a language model: next-token logits)."""
+        if self.language_model:
+            return self.logits(x)
         return self.logits(x).masked_fill(~self.class_mask(task), MASK_VALUE)
 
     def log_likelihood(self, batch: dict[str, Tensor]) -> Tensor:
         """Per-sample ``log p(y | x)`` of the model's own prediction (``forward``, masks included):
-        the one likelihood every unlearning method (GA, GradDiff, NPO, SimNPO, ...) is written against."""
+        the one likelihood every unlearning method (GA, GradDiff, NPO, SimNPO, ...) is written against.
+        For a language model, ``log p(answer | prompt)``: the sum over the answer's tokens."""
+        if self.language_model:
+            return self.backbone.answer_log_likelihood(batch["x"])
         return self(batch["x"], batch["task"]).log_softmax(1).gather(1, batch["y"][:, None]).squeeze(1)
+
+    def target_length(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per-sample number of predicted tokens behind :meth:`log_likelihood` (1 for a class label, the
+        answer's token count for a language model): SimNPO's length normalisation, token-mean losses."""
+        if self.language_model:
+            return self.backbone.answer_length(batch["x"])
+        return torch.ones(len(batch["y"]), device=batch["y"].device)
+
+    def correct(self, x: Tensor, y: Tensor, task: Tensor) -> Tensor:
+        """Per-sample bool: the prediction is right (the accuracy matrix's definition). A language model is
+        right when its greedy next token is the answer's at every answer position (teacher forcing)."""
+        if self.language_model:
+            return self.backbone.answer_correct(x)
+        return self(x, task).argmax(1) == y
 
     def frozen_copy(self) -> Strategy:
         """A frozen, eval-mode deep copy of the whole strategy (its own ``forward``, masks, heads and
@@ -170,7 +200,10 @@ class Strategy(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """Cross-entropy over the allowed classes. Override to add penalties / other losses."""
+        """Cross-entropy over the allowed classes (a language model: the mean NLL of the batch's answer
+        tokens, as Hugging Face's loss). Override to add penalties / other losses."""
+        if self.language_model:
+            return -self.log_likelihood(batch).sum() / self.target_length(batch).sum().clamp_min(1)
         return F.cross_entropy(self(batch["x"], batch["task"]), batch["y"])
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -309,6 +342,7 @@ def check_capabilities(strategy: Strategy, stream: Stream, unlearning: str | Non
     """Refuse a strategy × stream × unlearning combination the strategy does not support, before the run
     writes anything: the stream's setting, task ids at test time, and an answer for every forget request."""
     caps, name = strategy.capabilities, getattr(strategy, "registry_name", type(strategy).__name__)
+    check_modality(strategy)
     if stream.setting not in caps.settings or (caps.needs_task_id and stream.setting != "task"):
         valid = ["task"] if caps.needs_task_id else list(caps.settings)
         why = "it needs the task id at test time" if caps.needs_task_id else "it supports these settings only"
@@ -333,3 +367,18 @@ def check_capabilities(strategy: Strategy, stream: Stream, unlearning: str | Non
             ["null"],
             hint=f"strategy {name} answers forget requests exactly, not by gradients",
         )
+
+
+def check_modality(strategy: Strategy) -> None:
+    """A language model runs only with strategies and unlearners that declare they support it (the backbone
+    was matched to the stream when it was built: :func:`clframe.runner.build_strategy`)."""
+    name = getattr(strategy, "registry_name", type(strategy).__name__)
+    if strategy.language_model and not strategy.capabilities.language_model:
+        valid = [
+            n for n in STRATEGIES.names() if getattr(STRATEGIES.get(n), "capabilities", Capabilities()).language_model
+        ]
+        raise ConfigError("strategy", name, valid, hint="this strategy does not run on a causal language model")
+    unlearner = strategy.unlearner
+    if strategy.language_model and unlearner is not None and not getattr(unlearner, "language_model", True):
+        valid = [n for n in UNLEARNERS.names() if getattr(UNLEARNERS.get(n), "language_model", True)]
+        raise ConfigError("unlearning", unlearner.registry_name, valid, hint="it is defined for class labels only")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -251,7 +252,9 @@ class Stream:
 
     ``setting`` is ``"class"`` (one head, unseen classes masked), ``"task"`` (task id
     given at test time; logits restricted to the task's classes) or ``"domain"``
-    (same classes every experience).
+    (same classes every experience). ``extras`` is what a scenario hands on beyond tensors: a text
+    stream's ``tokenizer`` (given to the backbone; its inputs ``x`` are (N, 2, L) token ids and answer
+    masks, its classes authors or subjects) and evaluation sets its evaluators read.
     """
 
     name: str
@@ -259,6 +262,7 @@ class Stream:
     n_classes: int
     input_shape: tuple[int, ...]
     setting: str = "class"
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.setting not in ("class", "task", "domain"):

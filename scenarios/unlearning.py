@@ -195,4 +195,4 @@ def unlearning(
         name += "_order" + "".join(str(int(i)) for i in order)
     requests = [dict(r) for r in requests]
     events = insert_requests(learn, requests, retain_budget=retain_budget, seed=seed)
-    return Stream(f"{name}_unlearning", events, stream.n_classes, stream.input_shape, stream.setting)
+    return Stream(f"{name}_unlearning", events, stream.n_classes, stream.input_shape, stream.setting, stream.extras)

@@ -2,7 +2,7 @@
 
 from clframe.registry import register_strategy
 from clframe.stores import DataStore
-from clframe.strategy import Strategy
+from clframe.strategy import Capabilities, Strategy
 from clframe.stream import Experience, TensorData, TensorLoader
 
 
@@ -13,6 +13,8 @@ class Joint(Strategy):
     After the last experience this is i.i.d. training on the whole stream (the usual
     "joint" upper bound); earlier rows of the accuracy matrix are cumulative training.
     """
+
+    capabilities = Capabilities(language_model=True)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

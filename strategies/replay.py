@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from clframe.registry import register_strategy
 from clframe.strategies.buffers import ReplayBuffer, ReplayLoader, replay_batch
-from clframe.strategy import Strategy
+from clframe.strategy import Capabilities, Strategy
 
 
 @register_strategy("replay")
 class Replay(Strategy):
     """Each training batch is concatenated with a batch drawn from memory; the memory is
     updated with the experience's data after training (``buffer_size`` samples in total)."""
+
+    capabilities = Capabilities(language_model=True)
 
     def __init__(
         self,
@@ -35,7 +36,7 @@ class Replay(Strategy):
         if "replay" in batch:
             mem = batch["replay"]
             x, y, task = torch.cat([x, mem["x"]]), torch.cat([y, mem["y"]]), torch.cat([task, mem["task"]])
-        return F.cross_entropy(self(x, task), y)
+        return super().training_loss({"x": x, "y": y, "task": task})  # cross-entropy, or a language model's NLL
 
     def after_experience(self, exp):
         self.buffer.add(exp.train, torch.Generator().manual_seed(self.seed))

@@ -100,8 +100,25 @@ def scenario_configs() -> list[str]:
     return sorted(p.stem for p in (config_dir() / "scenario").glob("*.yaml"))
 
 
-def small_node(config: str, mini_root: Path) -> dict:
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory) -> dict[str, Path]:
+    """Local files for the text scenarios that read them: a TOFU-layout folder and a JSONL file."""
+    from tests.test_text_data import _tofu_folder, _write_jsonl
+
+    root = tmp_path_factory.mktemp("text")
+    (root / "tofu").mkdir()
+    _tofu_folder(root / "tofu")
+    rows = [{"prompt": f"Q{i}?", "answer": f"A{i}.", "stage": i % 2, "forget": i == 3} for i in range(8)]
+    _write_jsonl(root / "pairs.jsonl", rows)
+    return {"tofu": root / "tofu", "text_jsonl": root / "pairs.jsonl"}
+
+
+def small_node(config: str, mini_root: Path, text_files: dict[str, Path] | None = None) -> dict:
     node = OmegaConf.to_container(compose([f"scenario={config}"]).scenario, resolve=True)
+    if node.get("path") == "???" and text_files:  # a scenario of local files: give it small ones
+        node["path"] = str(text_files[node["name"]])
+        if node["name"] == "tofu":
+            node["forget_percent"] = 1
     accepted = accepted_params(SCENARIOS.get(node["name"])) or set()
     node.update({k: v for k, v in SMALL.items() if k in accepted})
     if node["name"] in FEWER_EXPERIENCES:
@@ -136,8 +153,8 @@ def test_every_registered_scenario_has_a_config():
 
 
 @pytest.mark.parametrize("config", scenario_configs())
-def test_scenario_builds_without_network(config, no_network, mini_mnist_root):
-    node = small_node(config, mini_mnist_root)
+def test_scenario_builds_without_network(config, no_network, mini_mnist_root, text_files):
+    node = small_node(config, mini_mnist_root, text_files)
     before = tree(mini_mnist_root), tree(data_root())
     try:
         stream = SCENARIOS.build(node, seed=0)

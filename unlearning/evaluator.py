@@ -40,47 +40,21 @@ def oracle_metric(evaluation: dict[str, Any], key: str) -> Any:
     return evaluation[key]
 
 
-@register_evaluator("unlearning")
-class UnlearningEvaluator(Evaluator):
-    """Forget/retain/test accuracy, gap/KL/JS to the oracle, MIA AUC, relearning steps, probe/k-NN, CKA."""
+class ForgetEventEvaluator(Evaluator):
+    """What every unlearning evaluator shares: after each learn event it keeps a snapshot of the model (the
+    "original" of the next forget event); after a forget event it rebuilds that original, retrains the oracle
+    (``oracle: true``) and hands the unlearned model, the original and the oracle to :meth:`measure`."""
 
-    def __init__(
-        self,
-        *,
-        oracle: bool = True,
-        oracle_cache: str | None = None,
-        max_eval: int = 2000,
-        relearn: bool = True,
-        relearn_max_steps: int = 200,
-        relearn_lr: float = 0.01,
-        relearn_batch_size: int = 32,
-        relearn_fraction: float = 0.5,
-        relearn_target: float = 0.9,
-        probe: bool = True,
-        knn_k: int = 5,
-        cka: bool = True,
-        cka_samples: int = 500,
-        cka_layers: list[str] | None = None,
-        seed: int = 0,
-    ):
-        self.oracle, self.oracle_cache, self.max_eval = oracle, oracle_cache, max_eval
-        self.relearn, self.relearn_max_steps, self.relearn_lr = relearn, relearn_max_steps, relearn_lr
-        self.relearn_batch_size, self.relearn_fraction, self.relearn_target = (
-            relearn_batch_size,
-            relearn_fraction,
-            relearn_target,
-        )
-        self.probe, self.knn_k, self.cka, self.cka_samples, self.cka_layers = probe, knn_k, cka, cka_samples, cka_layers
-        self.seed = seed
+    def __init__(self, *, oracle: bool = True, oracle_cache: str | None = None, seed: int = 0):
+        self.oracle, self.oracle_cache, self.seed = oracle, oracle_cache, seed
         self.snapshot: dict[str, Any] | None = None
         self.context: RunContext | None = None
         self.cache_dir: Path | None = None
 
     def setup(self, context: RunContext) -> None:
         self.context = context
-        run_dir = context.run_dir
         # inside the run directory unless the user shares one folder between runs (a sweep over methods)
-        self.cache_dir = Path(self.oracle_cache) if self.oracle_cache else Path(run_dir) / "oracle_cache"
+        self.cache_dir = Path(self.oracle_cache) if self.oracle_cache else Path(context.run_dir) / "oracle_cache"
 
     # ------------------------------------------------------------ state
     def _take_snapshot(self, strategy) -> None:
@@ -120,8 +94,46 @@ class UnlearningEvaluator(Evaluator):
             models["oracle"], info = train_oracle(self.context, stream, exp.id, cache_dir=self.cache_dir)
             out["oracle/n_trained_forgotten"] = int(torch.isin(info["trained_ids"], info["forgotten"]).sum())
             out["oracle/cached"] = bool(info["cached"])
-        out.update(self.measure(models, exp, device, copy_now))
+        out.update(self.measure(models, stream, exp, device, copy_now))
         return out
+
+    def measure(self, models: dict[str, Any], stream, exp, device: torch.device, copy_unlearned=None) -> dict[str, Any]:
+        """The metrics of one forget event, for ``models`` = {unlearn, original[, oracle]}."""
+        raise NotImplementedError
+
+
+@register_evaluator("unlearning")
+class UnlearningEvaluator(ForgetEventEvaluator):
+    """Forget/retain/test accuracy, gap/KL/JS to the oracle, MIA AUC, relearning steps, probe/k-NN, CKA."""
+
+    def __init__(
+        self,
+        *,
+        oracle: bool = True,
+        oracle_cache: str | None = None,
+        max_eval: int = 2000,
+        relearn: bool = True,
+        relearn_max_steps: int = 200,
+        relearn_lr: float = 0.01,
+        relearn_batch_size: int = 32,
+        relearn_fraction: float = 0.5,
+        relearn_target: float = 0.9,
+        probe: bool = True,
+        knn_k: int = 5,
+        cka: bool = True,
+        cka_samples: int = 500,
+        cka_layers: list[str] | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(oracle=oracle, oracle_cache=oracle_cache, seed=seed)
+        self.max_eval = max_eval
+        self.relearn, self.relearn_max_steps, self.relearn_lr = relearn, relearn_max_steps, relearn_lr
+        self.relearn_batch_size, self.relearn_fraction, self.relearn_target = (
+            relearn_batch_size,
+            relearn_fraction,
+            relearn_target,
+        )
+        self.probe, self.knn_k, self.cka, self.cka_samples, self.cka_layers = probe, knn_k, cka, cka_samples, cka_layers
 
     def _splits(self, exp) -> dict[str, TensorData]:
         gen = torch.Generator().manual_seed(self.seed)
@@ -139,7 +151,7 @@ class UnlearningEvaluator(Evaluator):
         splits["holdout"] = sub(exp.test.subset(torch.isin(exp.test.y, torch.tensor(exp.forget.classes()))))
         return splits
 
-    def measure(self, models: dict[str, Any], exp, device: torch.device, copy_unlearned=None) -> dict[str, Any]:
+    def measure(self, models: dict[str, Any], stream, exp, device: torch.device, copy_unlearned=None) -> dict[str, Any]:
         s = self._splits(exp)
         logits = {m: {k: predict(model, d, device) for k, d in s.items()} for m, model in models.items()}
         out: dict[str, Any] = {}

@@ -30,6 +30,16 @@ from clframe.unlearning.pieces import accuracy_on, batches, npo_loss, simnpo_los
 
 
 # ---------------------------------------------------------------- methods
+def mean_log_likelihood(strategy, batch: dict[str, Tensor]) -> Tensor:
+    """The batch's mean log-likelihood per predicted unit: per sample for a classifier, per answer token
+    for a language model (the negative of Hugging Face's token-mean loss, which open-unlearning's GA,
+    GradDiff and retain terms use)."""
+    logp = strategy.log_likelihood(batch)
+    if not strategy.language_model:
+        return logp.mean()
+    return logp.sum() / strategy.target_length(batch).sum().clamp_min(1)
+
+
 def auto_device(strategy) -> torch.device:
     """``device: auto``: the run's engine device (``trainer.accelerator``), else CUDA if available."""
     engine = getattr(strategy, "engine", None)
@@ -82,7 +92,7 @@ class Unlearner:
     def retain_loss(self, strategy, retain: dict[str, Tensor] | None) -> Tensor | float:
         if retain is None or self.retain_weight == 0:
             return 0.0
-        return -self.retain_weight * strategy.log_likelihood(retain).mean()
+        return -self.retain_weight * mean_log_likelihood(strategy, retain)
 
     def _probe(self, strategy, exp, step: int) -> dict[str, float | None]:
         return {
@@ -131,7 +141,7 @@ class GradientAscent(Unlearner):
         super().__init__(retain_weight=retain_weight, **kwargs)
 
     def loss(self, strategy, forget, retain):
-        return strategy.log_likelihood(forget).mean() + self.retain_loss(strategy, retain)
+        return mean_log_likelihood(strategy, forget) + self.retain_loss(strategy, retain)
 
 
 @register_unlearner("graddiff")
@@ -139,7 +149,7 @@ class GradDiff(Unlearner):
     """Ascent on the forget set + descent on the retain set (``retain_weight``)."""
 
     def loss(self, strategy, forget, retain):
-        return strategy.log_likelihood(forget).mean() + self.retain_loss(strategy, retain)
+        return mean_log_likelihood(strategy, forget) + self.retain_loss(strategy, retain)
 
 
 @register_unlearner("npo")
@@ -159,14 +169,16 @@ class NPO(Unlearner):
 
 @register_unlearner("simnpo")
 class SimNPO(Unlearner):
-    """Reference-free NPO with margin ``gamma`` (length-normalised; a class label has length 1)."""
+    """Reference-free NPO with margin ``gamma``, length-normalised by the answer's token count
+    (:meth:`Strategy.target_length <clframe.strategy.Strategy.target_length>`; a class label has length 1)."""
 
     def __init__(self, *, beta: float = 0.5, gamma: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.beta, self.gamma = beta, gamma
 
     def loss(self, strategy, forget, retain):
-        return simnpo_loss(strategy.log_likelihood(forget), self.beta, self.gamma) + self.retain_loss(strategy, retain)
+        logp, length = strategy.log_likelihood(forget), strategy.target_length(forget)
+        return simnpo_loss(logp, self.beta, self.gamma, length) + self.retain_loss(strategy, retain)
 
 
 @register_unlearner("finetune_retain")
@@ -179,12 +191,14 @@ class FinetuneRetain(Unlearner):
         super().__call__(strategy, exp)
 
     def loss(self, strategy, forget, retain):
-        return -strategy.log_likelihood(retain).mean()
+        return -mean_log_likelihood(strategy, retain)
 
 
 @register_unlearner("random_label")
 class RandomLabel(Unlearner):
     """Reference point: train the forget set towards random wrong labels (among allowed classes) + retain CE."""
+
+    language_model = False  # a class label to replace: not defined for a language model's answers
 
     def loss(self, strategy, forget, retain):
         y, task = forget["y"], forget["task"]

@@ -75,7 +75,10 @@ def accuracy_on(strategy, data: TensorData | None, n: int = 512) -> float | None
     was = strategy.training
     strategy.eval()
     dev = strategy.device
-    x, y, t = data.x[:n].to(dev), data.y[:n].to(dev), data.task[:n].to(dev)
-    acc = float((strategy(x, t).argmax(1) == y).float().mean())
+    right = [
+        strategy.correct(*(v[i : min(i + 128, n)].to(dev) for v in (data.x, data.y, data.task)))
+        for i in range(0, min(n, len(data)), 128)
+    ]
+    acc = float(torch.cat(right).float().mean())
     strategy.train(was)
     return acc

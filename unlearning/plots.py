@@ -85,12 +85,47 @@ def plot_stream_matrix(m: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_unlearning_run(run_dir: str | Path, m: dict[str, Any], method: str = "unlearned") -> list[Path]:
+def plot_quality_utility(points: dict[str, tuple[float, float]], path: Path, title: str = "") -> Path:
+    """TOFU's trade-off: one point per method (``{label: (model utility, log10 forget quality)}``); up and
+    right is better, the oracle sits at log10 p = 0."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for label, (utility, quality) in points.items():
+        ax.scatter([utility], [quality], s=40, label=label, color="k" if label == "oracle" else None)
+        ax.annotate(label, (utility, quality), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel("model utility (harmonic mean, 0–1)")
+    ax.set_ylabel("forget quality (log10 KS p-value)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "forget quality vs model utility")
+    return _save(fig, path)
+
+
+def plot_tofu_run(run_dir: str | Path, m: dict[str, Any], method: str = "unlearned") -> list[Path]:
+    """The ``tofu`` evaluator's per-run plots: the stream matrix, the curve over unlearning steps and, per
+    forget event, forget quality vs model utility for the unlearned model, the original and the oracle."""
+    paths = plot_unlearning_run(run_dir, m, method, evaluator="tofu")
+    for ev, row in zip(m["evaluations"], m["row_events"], strict=True):
+        e = ev.get("tofu") or {}
+        if row["kind"] != "forget":
+            continue
+        points = {
+            (method if who == "unlearn" else who): (e[f"{who}/model_utility"], e[f"{who}/forget_quality_log10"])
+            for who in ("unlearn", "original", "oracle")
+            if f"{who}/model_utility" in e and f"{who}/forget_quality_log10" in e
+        }
+        if points:
+            paths.append(plot_quality_utility(points, Path(run_dir) / "plots" / f"tofu_{row['name']}.png", row["name"]))
+    return paths
+
+
+def plot_unlearning_run(
+    run_dir: str | Path, m: dict[str, Any], method: str = "unlearned", evaluator: str = "unlearning"
+) -> list[Path]:
     """The per-run unlearning plots (called by the evaluator's ``finalize``)."""
     out = Path(run_dir) / "plots"
     paths = [plot_stream_matrix(m, out / "stream_matrix.png")]
     for ev, row in zip(m["evaluations"], m["row_events"], strict=True):
-        e = ev.get("unlearning") or {}
+        e = ev.get(evaluator) or {}
         if row["kind"] == "forget" and e.get("unlearn/curve"):
             oracle = (
                 {k: e.get(f"oracle/{k}") for k in ("forget_acc", "retain_acc", "test_acc")}
