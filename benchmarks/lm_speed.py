@@ -120,7 +120,7 @@ def peak_rss(variant: str, args) -> float:
     code = (
         "import sys, resource; sys.argv=['x'] + sys.argv[1:]; "
         "import lm_speed as b; a = b.parse(sys.argv[1:]); cfg, s, bs, t, e, torch = b.setup(a); "
-        f"torch.set_num_threads(a.threads); "
+        "torch.set_num_threads(a.threads); "
         + (
             "b.plain_loop(s, bs, torch, float(cfg.strategy.lr))"
             if variant == "plain"
@@ -156,9 +156,8 @@ def main(argv=None) -> None:
     )
     for k, v in result["tokens_per_s"].items():
         print(f"  {k:<8} {v:10.0f} tokens/s   peak RSS {result['peak_rss_mb'][k]:.0f} MB")
-    print(
-        f"  clframe / plain time: median {result['ratio_median']:.3f} (rounds: {', '.join(f'{r:.3f}' for r in result['ratios'])})"
-    )
+    rounds = ", ".join(f"{r:.3f}" for r in result["ratios"])
+    print(f"  clframe / plain time: median {result['ratio_median']:.3f} (rounds: {rounds})")
     print(f"  (this process's peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
     if args.json:
         with open(args.json, "w") as f:
