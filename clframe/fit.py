@@ -27,17 +27,19 @@ other batches run the closure's part without the step; then ``on_train_batch_end
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from clframe.errors import ConfigError
+from clframe.errors import ConfigError, NonFiniteLossError
+from clframe.optim import gradient_step
 
 ENGINES = ["fabric", "lightning"]
 # trainer.* keys the Fabric engine understands (the Lightning engine passes all keys to Trainer)
@@ -195,6 +197,58 @@ class Engine:
     def identity(self) -> dict[str, Any]:
         """What of the engine changes training (for cache keys): every option but the progress bar."""
         return dict(self.options)
+
+    @classmethod
+    def default(cls) -> Engine:
+        """32-bit, no progress bar: for a strategy used outside a run (no ``strategy.engine``)."""
+        return cls({"precision": "32-true"}, "none")
+
+    def autocast(self, device: torch.device | None = None):
+        """The mixed-precision context of ``trainer.precision`` (``*-mixed``: bf16 on the CPU, as Lightning;
+        fp16 on CUDA for ``16-mixed``); a no-op for ``*-true`` precisions."""
+        precision = str(self.options.get("precision", "32-true"))
+        if not precision.endswith("-mixed"):
+            return contextlib.nullcontext()
+        device = device or self.device
+        half = torch.float16 if precision.startswith("16") and device.type == "cuda" else torch.bfloat16
+        return torch.autocast(device_type=device.type, dtype=half)
+
+    def optimize(
+        self,
+        opt: torch.optim.Optimizer,
+        items: Iterable,
+        loss_of: Callable[[Any], torch.Tensor],
+        *,
+        clip: float | None = None,
+        total: int | None = None,
+        desc: str = "",
+        event: int = -1,
+        progress: bool = True,
+    ) -> int:
+        """The one loop of every auxiliary optimisation (pretraining, CLR's proxy, DESIRE's coefficients,
+        head refinement, unlearning, relearning attacks): for each of ``items`` (batches, or step numbers),
+        ``loss_of(item)`` under the engine's precision, the finite-loss check (:class:`NonFiniteLossError`
+        naming ``event`` and the step), backward, gradient clipping at ``clip``, the optimiser step, the
+        engine's progress bar (``progress=False`` for loops run inside a forward pass). ``loss_of`` may return
+        ``None`` to stop early. Returns the steps taken."""
+        total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
+        update = _progress(self.progress_bar if progress else "none", total or 0, None, desc)
+        step = 0
+        try:
+            for item in items:
+                with self.autocast(next((p.device for g in opt.param_groups for p in g["params"]), None)):
+                    loss = loss_of(item)
+                if loss is None:
+                    break
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(event, step + 1, value)
+                gradient_step(opt, loss, clip=clip)
+                step += 1
+                update(step, value)
+        finally:
+            update(None, None)
+        return step
 
 
 def fit(strategy, loader, engine: Engine, logger=None, step_offset: int = 0) -> int:
@@ -373,9 +427,10 @@ def _keep_optimizer_state(strategy, optimizer) -> None:
         strategy.optimizer_state = optimizer.state_dict()
 
 
-def _progress(bar: str, total: int, strategy):
+def _progress(bar: str, total: int, strategy, name: str = ""):
     """A callable ``update(step, loss)``; ``update(None, None)`` closes the bar."""
-    name = strategy.experience.name if strategy.experience is not None else "fit"
+    if strategy is not None:
+        name = strategy.experience.name if strategy.experience is not None else "fit"
     if bar == "none":
         return lambda step, loss: None
     if bar == "rich":

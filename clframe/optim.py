@@ -1,6 +1,7 @@
-"""The one optimiser builder and the one gradient step of every auxiliary loop (pretraining, the
-unlearners, CLR's rotation proxy, DESIRE's merge coefficients, head refinement, the relearning attack);
-the stream's own training goes through :mod:`clframe.fit`, which builds its optimiser here too."""
+"""The one optimiser builder and the one gradient step: :meth:`clframe.fit.Engine.optimize` (the loop of
+every auxiliary optimisation: pretraining, the unlearners, CLR's rotation proxy, DESIRE's merge
+coefficients, head refinement, the relearning attack) steps with :func:`gradient_step`; the stream's own
+training goes through :mod:`clframe.fit`, which builds its optimiser here too."""
 
 from __future__ import annotations
 

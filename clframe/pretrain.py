@@ -42,8 +42,9 @@ from torch import nn
 
 from clframe.data import dataset_names, load_dataset
 from clframe.errors import ConfigError
+from clframe.fit import Engine
 from clframe.io import atomic_torch_save
-from clframe.optim import check_optimizer, gradient_step, make_optimizer
+from clframe.optim import check_optimizer, make_optimizer
 from clframe.stream import Stream, TensorData
 
 log = logging.getLogger("clframe")
@@ -138,11 +139,12 @@ def pretraining_data(node: Mapping[str, Any], seed: int) -> tuple[TensorData, li
 
 
 def train_backbone(
-    backbone: nn.Module, data: TensorData, node: Mapping[str, Any], seed: int, device: torch.device | None = None
+    backbone: nn.Module, data: TensorData, node: Mapping[str, Any], seed: int, engine: Engine | None = None
 ) -> dict[str, float]:
-    """Cross-entropy training of ``backbone`` + a temporary linear head (discarded afterwards), on ``device``
-    (the run's engine device; default: CUDA if available)."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """Cross-entropy training of ``backbone`` + a temporary linear head (discarded afterwards), with the run's
+    engine (its device, precision and progress bar; default: CUDA if available, 32-bit)."""
+    engine = engine or Engine.default()
+    device = engine.device
     head = nn.Linear(backbone.num_features, int(data.y.max()) + 1)
     backbone.to(device).train()
     head.to(device)
@@ -151,20 +153,27 @@ def train_backbone(
         params, node["optimizer"], lr=node["lr"], momentum=node["momentum"], weight_decay=node["weight_decay"],
         key="pretrain.optimizer",
     )  # fmt: skip
-    gen, bs = torch.Generator().manual_seed(seed + 1), int(node["batch_size"])
-    loss_sum, correct, seen = 0.0, 0, 0
-    for _ in range(int(node["epochs"])):
-        loss_sum, correct, seen = 0.0, 0, 0  # report the last epoch
-        for idx in torch.randperm(len(data), generator=gen).split(bs):
-            x, y = data.x[idx].to(device), data.y[idx].to(device)
-            out = head(backbone.forward_features(x))
-            loss = F.cross_entropy(out, y)
-            gradient_step(opt, loss)
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((out.argmax(1) == y).sum())
-            seen += len(y)
+    gen, bs, epochs = torch.Generator().manual_seed(seed + 1), int(node["batch_size"]), int(node["epochs"])
+    stats = {"loss_sum": 0.0, "correct": 0, "seen": 0}
+
+    def batches():
+        for _ in range(epochs):
+            stats.update(loss_sum=0.0, correct=0, seen=0)  # report the last epoch
+            yield from torch.randperm(len(data), generator=gen).split(bs)
+
+    def loss_of(idx):
+        x, y = data.x[idx].to(device), data.y[idx].to(device)
+        out = head(backbone.forward_features(x))
+        loss = F.cross_entropy(out, y)
+        stats["loss_sum"] += float(loss.detach()) * len(y)
+        stats["correct"] += int((out.argmax(1) == y).sum())
+        stats["seen"] += len(y)
+        return loss
+
+    engine.optimize(opt, batches(), loss_of, total=epochs * -(-len(data) // bs), desc="pretraining")
     backbone.eval()
-    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+    seen = max(stats["seen"], 1)
+    return {"train_loss": stats["loss_sum"] / seen, "train_acc": stats["correct"] / seen}
 
 
 def _node(node: Mapping[str, Any]) -> dict[str, Any]:
@@ -210,7 +219,7 @@ def run_pretraining(
             stream, dataset=node["dataset"], classes=classes, hashes=hashes, allow_overlap=node["allow_overlap"]
         )
         engine = getattr(strategy, "engine", None)  # the run's device (trainer.accelerator), as the stream's training
-        info.update(train_backbone(strategy.backbone, data, node, seed, engine.device if engine is not None else None))
+        info.update(train_backbone(strategy.backbone, data, node, seed, engine))
         if node["save"]:
             meta = {"dataset": node["dataset"], "classes": classes, "hashes": torch.tensor(sorted(hashes))}
             out = Path(run_dir) / SAVED_NAME

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clframe.errors import ConfigError
-from clframe.optim import gradient_step, make_optimizer
+from clframe.fit import Engine
+from clframe.optim import make_optimizer
 from clframe.registry import register_strategy
 from clframe.strategies.reprogram import Router, TaskSwitch, wrap
 from clframe.strategy import MASK_VALUE, Capabilities, Strategy
@@ -114,16 +115,23 @@ class CLR(Strategy):
         gen = torch.Generator().manual_seed(self.seed + 17)
         self.router.task = None
         self.backbone.train()
+        batches = (
+            idx
+            for _ in range(self.proxy_epochs)
+            for idx in torch.randperm(len(x_all), generator=gen).split(self.proxy_batch_size)
+        )
+
+        def loss_of(idx):
+            x = x_all[idx] if exp.transform is None else exp.transform(x_all[idx])
+            x = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)]).to(self.device)
+            y = torch.arange(4, device=self.device).repeat_interleave(len(idx))
+            return F.cross_entropy(clf(self.backbone.forward_features(x)), y)
+
         with torch.enable_grad():
             for p in anchor:
                 p.requires_grad_(True)
-            for _ in range(self.proxy_epochs):
-                for idx in torch.randperm(len(x_all), generator=gen).split(self.proxy_batch_size):
-                    x = x_all[idx] if exp.transform is None else exp.transform(x_all[idx])
-                    x = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)]).to(self.device)
-                    y = torch.arange(4, device=self.device).repeat_interleave(len(idx))
-                    loss = F.cross_entropy(clf(self.backbone.forward_features(x)), y)
-                    gradient_step(opt, loss)
+            total = self.proxy_epochs * -(-len(x_all) // self.proxy_batch_size)
+            (self.engine or Engine.default()).optimize(opt, batches, loss_of, total=total, desc="CLR rotation proxy")
             for p in anchor:
                 p.requires_grad_(False)
 

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from clframe.errors import ConfigError
-from clframe.optim import gradient_step, make_optimizer
+from clframe.fit import Engine
+from clframe.optim import make_optimizer
 from clframe.registry import register_strategy
 from clframe.strategies.feature_stats import ClassGaussians, consolidation_kl, extract_features, refine_head
 from clframe.strategies.lora import add_lora, lora_layers, set_coef
@@ -123,6 +124,7 @@ class DESIRE(Strategy):
                 epochs=self.refine_epochs,
                 lr=self.refine_lr,
                 generator=gen,
+                engine=self.engine,
             )
         self.experience = None  # hold no reference to the experience's data
 
@@ -178,8 +180,8 @@ class DESIRE(Strategy):
         was_training, frozen = self.training, [p for p in self.parameters() if p.requires_grad]
         self.eval().requires_grad_(False)
         with torch.enable_grad():
-            for _ in range(self.steps):
-                gradient_step(opt, objective(self.features(x)))
+            engine = self.engine or Engine.default()
+            engine.optimize(opt, range(self.steps), lambda _: objective(self.features(x)), desc="DESIRE coefficients")
         self.train(was_training)
         for p in frozen:
             p.requires_grad_(True)

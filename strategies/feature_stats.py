@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clframe.errors import ConfigError
-from clframe.optim import gradient_step, make_optimizer
+from clframe.fit import Engine
+from clframe.optim import make_optimizer
 from clframe.stream import TensorData
 
 COVARIANCES = ("full", "diag")
@@ -168,23 +169,31 @@ def refine_head(
     lr: float = 1e-3,
     batch_size: int = 128,
     generator: torch.Generator,
+    engine: Engine | None = None,
 ) -> float:
     """Decision-boundary refinement: retrain ``head`` with cross-entropy over all classes in
     ``stats`` on features sampled from their Gaussians (class-balanced, so new classes no longer
-    dominate). Returns the last epoch's training accuracy."""
+    dominate), with ``engine``'s optimisation loop. Returns the last epoch's training accuracy."""
     x, y = stats.sample(n_per_class, generator)
     x, y = x.to(head.weight.device), y.to(head.weight.device)
     mask = torch.zeros(head.out_features, dtype=torch.bool, device=x.device)
     mask[torch.unique(y)] = True
     opt = make_optimizer(head.parameters(), "adam", lr=lr)
-    acc = 0.0
-    for _ in range(epochs):
-        correct = 0
-        for idx in torch.randperm(len(y), generator=generator).split(batch_size):
-            idx = idx.to(x.device)
-            with torch.enable_grad():
-                out = head(x[idx]).masked_fill(~mask, -1e4)
-                gradient_step(opt, F.cross_entropy(out, y[idx]))
-            correct += int((out.argmax(1) == y[idx]).sum())
-        acc = correct / len(y)
+    counts = {"correct": 0}
+
+    def batches():
+        for _ in range(epochs):
+            counts["correct"] = 0  # the last epoch's accuracy is reported
+            yield from torch.randperm(len(y), generator=generator).split(batch_size)
+
+    def loss_of(idx):
+        idx = idx.to(x.device)
+        out = head(x[idx]).masked_fill(~mask, -1e4)
+        counts["correct"] += int((out.argmax(1) == y[idx]).sum())
+        return F.cross_entropy(out, y[idx])
+
+    with torch.enable_grad():
+        total = epochs * -(-len(y) // batch_size)
+        (engine or Engine.default()).optimize(opt, batches(), loss_of, total=total, desc="head refinement")
+    acc = counts["correct"] / len(y) if epochs else 0.0
     return acc

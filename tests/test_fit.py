@@ -86,3 +86,35 @@ def test_carried_optimizer_state_changes_training_and_resumes_exactly(make_cfg, 
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
     a, b = _weights(carried), _weights(cfg)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_engine_optimize_is_the_one_auxiliary_loop():
+    """Precision (bf16 autocast on the CPU for *-mixed), early stop, the finite-loss check and clipping
+    behave the same in every auxiliary loop (pretraining, proxies, unlearning, relearning attacks)."""
+    from clframe.errors import NonFiniteLossError
+    from clframe.fit import Engine
+    from clframe.optim import make_optimizer
+
+    layer = torch.nn.Linear(4, 1)
+    seen = []
+
+    def loss_of(step):
+        out = layer(torch.ones(2, 4))
+        seen.append(out.dtype)
+        return None if step == 3 else out.float().pow(2).mean() * 1e3
+
+    for precision, dtype in (("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)):
+        seen.clear()
+        opt = make_optimizer(layer.parameters(), "sgd", lr=0.0)
+        assert Engine({"precision": precision, "accelerator": "cpu"}, "none").optimize(opt, range(10), loss_of) == 3
+        assert seen == [dtype] * 4  # 3 steps, then the stop
+    norms = []
+    layer.weight.register_hook(lambda g: norms.append(None))
+    opt = make_optimizer(layer.parameters(), "sgd", lr=0.0)
+    Engine.default().optimize(opt, range(1), lambda _: layer(torch.ones(2, 4)).pow(2).mean() * 1e3, clip=0.5)
+    total = torch.sqrt(sum(p.grad.pow(2).sum() for p in layer.parameters()))
+    assert norms and float(total) <= 0.5 + 1e-5  # clipped before the step
+    with pytest.raises(NonFiniteLossError, match="experience 4, step 2"):
+        Engine.default().optimize(
+            opt, range(5), lambda s: layer(torch.ones(1, 4)).sum() * (float("nan") if s == 1 else 1), event=4
+        )

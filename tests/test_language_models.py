@@ -68,10 +68,11 @@ def _batch(stream, n=6):
 
 
 # ---------------------------------------------------------------- the likelihood, cross-checked
-def test_log_likelihood_and_loss_match_hugging_face(stream):
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_log_likelihood_and_loss_match_hugging_face(stream, architecture):
     """log p(answer | prompt) summed over the answer's tokens, and the training loss = HF's token-mean loss
     with the prompt and padding labelled -100 (the convention of TOFU / open-unlearning)."""
-    model, batch = _model(stream), _batch(stream)
+    model, batch = _model(stream, architecture=architecture), _batch(stream)
     ids, answer = batch["x"][:, 0], batch["x"][:, 1]
     labels = ids.masked_fill(answer == 0, -100)
     out = model.backbone.model(input_ids=ids, attention_mask=(ids != model.backbone.pad_id).long(), labels=labels)
@@ -104,8 +105,9 @@ def test_npo_and_simnpo_losses_on_an_lm_follow_open_unlearning(stream):
     assert torch.allclose(ga.loss(model, batch, None), -model.training_loss(batch), atol=1e-6)  # -HF loss
 
 
-def test_lora_trains_only_the_adapters(stream):
-    model = _model(stream, lora_rank=4)
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_lora_trains_only_the_adapters(stream, architecture):
+    model = _model(stream, lora_rank=4, architecture=architecture)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) < 0.2 * sum(

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from clframe.evaluation import Evaluator, RunContext
+from clframe.fit import Engine
 from clframe.introspect import activation_layers, capture
-from clframe.optim import gradient_step, make_optimizer
+from clframe.optim import make_optimizer
 from clframe.registry import register_evaluator
 from clframe.runner import predict
 from clframe.stream import TensorData, split_test
@@ -243,13 +244,19 @@ class UnlearningEvaluator(ForgetEventEvaluator):
             [p for p in model.parameters() if p.requires_grad], "sgd", lr=self.relearn_lr, momentum=0.9
         )
         gen = torch.Generator().manual_seed(self.seed + 2)
-        for step in range(self.relearn_max_steps + 1):
+
+        def loss_at(step: int):
             if M.accuracy(predict(model, held, device), held.y) >= target:
-                return step
+                return None  # reached: stop
             idx = torch.randint(len(attack), (min(self.relearn_batch_size, len(attack)),), generator=gen)
             model.train()
             x, y, t = attack.x[idx].to(device), attack.y[idx].to(device), attack.task[idx].to(device)
-            gradient_step(opt, F.cross_entropy(model(x, t), y))
+            return F.cross_entropy(model(x, t), y)
+
+        engine = self.context.engine if self.context is not None else Engine.default()
+        steps = engine.optimize(opt, range(self.relearn_max_steps), loss_at, desc="relearning attack")
+        if steps < self.relearn_max_steps or M.accuracy(predict(model, held, device), held.y) >= target:
+            return steps
         return self.relearn_max_steps + 1
 
     # ------------------------------------------------------------ end of run

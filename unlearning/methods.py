@@ -22,8 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from clframe.errors import ConfigError, NonFiniteLossError
-from clframe.optim import check_optimizer, gradient_step, make_optimizer
+from clframe.errors import ConfigError
+from clframe.fit import Engine
+from clframe.optim import check_optimizer, make_optimizer
 from clframe.registry import register_unlearner
 from clframe.stream import split_test
 from clframe.unlearning.pieces import accuracy_on, batches, npo_loss, simnpo_loss
@@ -121,13 +122,17 @@ class Unlearner:
         has_retain = exp.retain is not None and len(exp.retain)
         retain = batches(exp.retain, self.batch_size, strategy.seed + 1, device) if has_retain else None
         self.history = [self._probe(strategy, exp, 0)] if self.eval_every else []
-        for step in range(1, self.steps + 1):
-            loss = self.loss(strategy, next(forget), next(retain) if retain is not None else None)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(exp.id, step, float(loss))
-            gradient_step(opt, loss, clip=self.grad_clip)
-            if self.eval_every and step % self.eval_every == 0:
-                self.history.append(self._probe(strategy, exp, step))
+
+        def loss_at(step: int) -> Tensor:
+            if self.eval_every and step > 1 and (step - 1) % self.eval_every == 0:  # after step - 1's update
+                self.history.append(self._probe(strategy, exp, step - 1))
+            return self.loss(strategy, next(forget), next(retain) if retain is not None else None)
+
+        engine = strategy.engine or Engine.default()
+        name = getattr(type(self), "registry_name", type(self).__name__)
+        engine.optimize(opt, range(1, self.steps + 1), loss_at, clip=self.grad_clip, desc=name, event=exp.id)
+        if self.eval_every and self.steps and self.steps % self.eval_every == 0:
+            self.history.append(self._probe(strategy, exp, self.steps))
         opt.zero_grad(set_to_none=True)  # the last gradients are of forgotten samples: none may outlive the request
         strategy.train()
         self.ref, self._test = None, None  # free the copy; the runner checks nothing forgotten is left
