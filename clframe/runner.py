@@ -32,6 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import clframe
+from clframe.data import data_sources
 from clframe.errors import CheckpointError, ConfigError, NonFiniteLossError
 from clframe.evaluation import RunContext, check_evaluators, retained_matrix
 from clframe.fit import Engine, fit
@@ -627,6 +628,7 @@ def _write_results(run_dir: Path, cfg, stream: Stream, state, status: str, error
         "optimizer_steps": state.get("steps", 0),
         "run_dir": str(run_dir),
         "environment": environment(),
+        "data_sources": data_sources(),  # which files the data loaders of this process read (pickles / JPEG mirror)
     }
     result = _none_for_nan(result)
     write_json(run_dir / "metrics.json", result)

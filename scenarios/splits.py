@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
-from clframe.data import input_shape, load_dataset
+from clframe.data import dataset_name, input_shape, lazy_subset, load_dataset
 from clframe.errors import ConfigError
 from clframe.registry import register_scenario
 from clframe.stream import Experience, Stream, TensorData
@@ -41,7 +42,7 @@ def split_by_classes(
     exps = []
     for i, group in enumerate(groups):
         g = torch.as_tensor(group)
-        tr, te = train.subset(torch.isin(train.y, g)), test.subset(torch.isin(test.y, g))
+        tr, te = lazy_subset(train, torch.isin(train.y, g)), lazy_subset(test, torch.isin(test.y, g))
         task = i if task_labels else 0
         exps.append(Experience(i, "learn", tr.with_task(task), te.with_task(task), list(group), task_id=task))
     return exps
@@ -56,13 +57,13 @@ def per_class_subset(data: TensorData, n: int | None, seed: int) -> TensorData:
     for c in data.classes():
         idx = (data.y == c).nonzero().squeeze(1)
         keep.append(idx[torch.randperm(len(idx), generator=gen)[:n]])
-    return data.subset(torch.cat(keep).sort().values)
+    return lazy_subset(data, torch.cat(keep).sort().values)
 
 
 @register_scenario("split")
 def split(
     *,
-    dataset: str = "digits",
+    dataset: str | Mapping[str, Any] = "digits",
     setting: str = "class",
     n_experiences: int = 5,
     class_order: Sequence[int] | None = None,
@@ -73,7 +74,9 @@ def split(
     seed: int = 0,
 ) -> Stream:
     """Split a data set's classes into ``n_experiences`` equal groups (class- or task-incremental).
-    ``classes``: stream only this subset (e.g. 5-9 after pretraining on 0-4); labels keep their ids."""
+    ``classes``: stream only this subset (e.g. 5-9 after pretraining on 0-4); labels keep their ids.
+    ``dataset``: a registered name or ``{name: ..., <option>: ...}`` (e.g. ``{name: imagefolder, path: ...}``);
+    disk-backed inputs (:class:`LazyRows`) stay lazy through the split."""
     if setting not in ("class", "task"):
         raise ConfigError("scenario.setting", setting, ["class", "task"])
     train, test = load_dataset(dataset)
@@ -91,4 +94,6 @@ def split(
     groups = [order[i * k : (i + 1) * k] for i in range(n_experiences)]
     exps = split_by_classes(train, test, groups, task_labels=setting == "task")
     n_classes = len(train.classes()) if classes is not None else len(order)
-    return Stream(f"split_{dataset}", exps, n_classes=n_classes, input_shape=input_shape(train), setting=setting)
+    return Stream(
+        f"split_{dataset_name(dataset)}", exps, n_classes=n_classes, input_shape=input_shape(train), setting=setting
+    )

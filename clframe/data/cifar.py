@@ -1,6 +1,17 @@
-"""CIFAR-10 from ``$CLFRAME_DATA_ROOT/cifar10-jpg.tar.gz``: extract once, decode once, train from tensors.
+"""CIFAR-10 (and CIFAR-100) as normalised tensors: the original pickles when present, else the JPEG mirror.
 
-Pipeline (each step runs once per machine, later runs load the tensor file in ~1 s):
+Sources of ``cifar10``, first found under ``$CLFRAME_DATA_ROOT`` wins (:func:`cifar10_source` says which was read):
+
+1. torchvision's extracted ``cifar-10-batches-py/`` or its ``cifar-10-python.tar.gz`` — the original pixels
+   (lossless), read in memory by the safe unpickler of :mod:`clframe.data.formats`, nothing cached;
+2. ``cifar10-jpg.tar.gz``, the JPEG-re-encoded (lossy) mirror, through the pipeline below.
+
+``cifar100`` reads torchvision's ``cifar-100-python/`` or ``cifar-100-python.tar.gz`` alike (fine labels by
+default, ``dataset: {name: cifar100, labels: coarse}`` for the 20 superclasses), standardised with the
+CIFAR-100 mean / std. Both have the same labels as torchvision (its meta file's class order; for CIFAR-10
+that is also the JPEG mirror's sorted folder order).
+
+JPEG pipeline (each step runs once per machine, later runs load the tensor file in ~1 s):
 
 1. the archive is extracted into ``<cache>/cifar10-jpg/{train,test}/<class>/NNNN.jpg`` —
    into a temporary folder that is renamed into place, so a crashed or concurrent run never
@@ -33,12 +44,15 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from clframe.data import data_root, register_dataset, require_files
-from clframe.errors import DataError
+from clframe.data import data_root, data_sources, record_source, register_dataset, require_files
+from clframe.data import describe_error as _reason
+from clframe.data.formats import CIFAR10_PY, CIFAR100_PY, find_pickled, missing_pickled, read_pickled
+from clframe.errors import ConfigError, DataError
 from clframe.io import atomic_torch_save
 from clframe.stream import TensorData
 
@@ -48,6 +62,8 @@ FOLDER = "cifar10-jpg"
 TENSORS = "cifar10_uint8.pt"
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
+MEAN100 = (0.5071, 0.4865, 0.4409)  # CIFAR-100 train set statistics (as Mammoth / most CL code bases)
+STD100 = (0.2673, 0.2564, 0.2762)
 _DONE = ".complete"
 
 
@@ -101,12 +117,6 @@ def extract(archive: Path, dest: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
-
-
-def _reason(err: BaseException, limit: int = 160) -> str:
-    """``Type: first line of the message`` (torch's unpickling errors span many lines)."""
-    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-    return f"{type(err).__name__}: {first[:limit]}{'...' * (len(first) > limit)}"
 
 
 def _class_folders(folder: Path, fix: str) -> list[str]:
@@ -175,10 +185,10 @@ def prepare(root: Path | None = None) -> tuple[Path, dict[str, float]]:
     return folder / TENSORS, times
 
 
-def normalize(x: Tensor) -> Tensor:
-    """uint8 (N, 3, H, W) → float32, per-channel standardised with the CIFAR-10 mean / std."""
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+def normalize(x: Tensor, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> Tensor:
+    """uint8 (N, 3, H, W) → float32, per-channel standardised (by default with the CIFAR-10 mean / std)."""
+    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     return (x.float().div_(255.0) - mean).div_(std)
 
 
@@ -238,11 +248,47 @@ def load_tensors(root: Path | None = None) -> dict:
         return read_tensors(path)
 
 
+def cifar10_source() -> dict[str, Any] | None:
+    """What the last :func:`load_cifar10` of this process read: ``{"format": "pickle" | "jpeg", "path": ...,
+    "lossless": bool}`` (the pickles are the original pixels, the JPEG mirror is re-encoded); ``None`` before."""
+    return data_sources().get("cifar10")
+
+
+def _tensors(data: dict, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[TensorData, TensorData]:
+    return (
+        TensorData.from_tensors(normalize(data["train_x"], mean, std), data["train_y"]),
+        TensorData.from_tensors(normalize(data["test_x"], mean, std), data["test_y"]),
+    )
+
+
 @register_dataset("cifar10")
 def load_cifar10() -> tuple[TensorData, TensorData]:
-    """CIFAR-10 (50,000 train / 10,000 test, 10 classes) as normalised float tensors (N, 3, 32, 32)."""
-    data = load_tensors()
-    return (
-        TensorData.from_tensors(normalize(data["train_x"]), data["train_y"]),
-        TensorData.from_tensors(normalize(data["test_x"]), data["test_y"]),
-    )
+    """CIFAR-10 (50,000 train / 10,000 test, 10 classes) as normalised float tensors (N, 3, 32, 32): from
+    torchvision's pickles if the data root has them (lossless), else from the JPEG archive."""
+    root = data_root()
+    pickled = find_pickled(CIFAR10_PY, root)
+    if pickled is not None:
+        data, source = read_pickled(CIFAR10_PY, pickled), {"format": "pickle", "path": str(pickled), "lossless": True}
+    elif (root / ARCHIVE).is_file():
+        data, source = load_tensors(), {"format": "jpeg", "path": str(root / ARCHIVE), "lossless": False}
+    else:
+        hint = "The pickles (the original pixels) are read when present, else the JPEG mirror (re-encoded, lossy)."
+        raise missing_pickled(CIFAR10_PY, root, root / ARCHIVE, hint=hint)
+    log.info("CIFAR-10 read from %s (%s)", source["path"], "lossless pickles" if source["lossless"] else "JPEG mirror")
+    record_source("cifar10", source)
+    return _tensors(data, MEAN, STD)
+
+
+@register_dataset("cifar100")
+def load_cifar100(labels: str = "fine") -> tuple[TensorData, TensorData]:
+    """CIFAR-100 (50,000 train / 10,000 test) from torchvision's ``cifar-100-python/`` or
+    ``cifar-100-python.tar.gz``: ``labels`` ``fine`` (100 classes) or ``coarse`` (20 superclasses),
+    inputs (N, 3, 32, 32) standardised with the CIFAR-100 mean / std."""
+    if labels not in ("fine", "coarse"):
+        raise ConfigError("scenario.dataset.labels", labels, ["fine", "coarse"])
+    root = data_root()
+    source = find_pickled(CIFAR100_PY, root)
+    if source is None:
+        raise missing_pickled(CIFAR100_PY, root)
+    data = read_pickled(CIFAR100_PY, source, labels=f"{labels}_labels", names=f"{labels}_label_names")
+    return _tensors(data, MEAN100, STD100)
