@@ -479,8 +479,9 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str,
         _write_events(run_dir, state)
         if cfg.get("pretrain"):
             state["pretrain"] = run_pretraining(strategy, cfg.pretrain, stream, seed=seed, run_dir=run_dir)
-        state["random_init_counts"] = [class_counts(strategy, d, device) for d in tests]
-        state["random_init"] = [_acc(c) for c in state["random_init_counts"]]
+        if stream.setting == "domain":  # only FWT uses it, and FWT is defined in domain-IL only (metrics/cl.py)
+            state["random_init_counts"] = [class_counts(strategy, d, device) for d in tests]
+            state["random_init"] = [_acc(c) for c in state["random_init_counts"]]
 
     result: dict[str, Any] = {}
     status, error = "running", None
