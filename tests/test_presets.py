@@ -22,10 +22,11 @@ OPTIM = ("lr", "optimizer", "momentum", "batch_size")
 BASE = {"lr": 0.01, "optimizer": "sgd", "momentum": 0.0, "batch_size": 128}
 # the optimiser values of every strategy file before the shared block existed (strategy/_base/optim.yaml);
 # on a scenario without training defaults (split_blobs) the composed nodes must still be exactly these
+# (changed on purpose since: hyperinterval lr 1e-3 -> 1e-2, see experiments/strategy/hyperinterval.yaml)
 BEFORE = {
     "cl2r": (0.01, "sgd", 0.9, 128), "clr": (0.01, "sgd", 0.9, 64), "cores": (0.01, "sgd", 0.9, 128),
     "derpp": (0.03, "sgd", 0.0, 32), "desire": (0.005, "adam", 0.0, 64), "er": (0.1, "sgd", 0.0, 32),
-    "er_ace": (0.03, "sgd", 0.0, 32), "ewc": (0.01, "sgd", 0.0, 128), "hyperinterval": (0.001, "adam", 0.0, 128),
+    "er_ace": (0.03, "sgd", 0.0, 32), "ewc": (0.01, "sgd", 0.0, 128), "hyperinterval": (0.01, "adam", 0.0, 128),
     "icarl": (0.1, "sgd", 0.0, 32), "joint": (0.01, "sgd", 0.0, 128), "l2": (0.01, "sgd", 0.0, 128),
     "lora_finetune": (0.005, "adam", 0.0, 64), "lora_joint": (0.005, "adam", 0.0, 64),
     "lora_refine": (0.005, "adam", 0.0, 64), "lwf": (0.01, "sgd", 0.0, 128), "mas": (0.01, "sgd", 0.0, 128),
