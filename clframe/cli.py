@@ -60,10 +60,12 @@ def _run_hydra(argv: list[str]) -> int:
     worst = 0
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-    def main(cfg: DictConfig) -> None:
+    def main(cfg: DictConfig) -> float | None:
+        """One job: its ``objective`` value for the sweeper (``None`` without one; NaN when the job failed)."""
         nonlocal worst
         from clframe.report import print_summary
         from clframe.runner import check_resume_overrides, run
+        from clframe.sweeps import objective_value
 
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN and not cfg.get("run_dir") and not cfg.get("resume"):
@@ -71,13 +73,16 @@ def _run_hydra(argv: list[str]) -> int:
         try:
             if cfg.get("resume"):
                 check_resume_overrides(list(hc.overrides.task))
-            print_summary(run(cfg))
+            result = run(cfg)
+            print_summary(result)
+            return objective_value(result, cfg.get("objective"))
         except Exception as err:
             if _debug():
                 raise
             code, message = _describe(err)
             print(f"error: {message}", file=sys.stderr)
             worst = max(worst, code)
+            return float("nan")
 
     sys.argv = ["clframe run", *argv]
     main()

@@ -85,7 +85,7 @@ def build_evaluators(cfg: DictConfig) -> dict[str, Any]:
 # top-level keys of experiments/config.yaml and their types (the groups are checked by their registries)
 RUN_KEYS = {
     "seed": (int,), "run_dir": (str, type(None)), "resume": (str, type(None)), "overwrite": (bool,),
-    "plots": (bool,), "keep_checkpoints": (bool,),
+    "plots": (bool,), "keep_checkpoints": (bool,), "objective": (str, type(None)),
 }  # fmt: skip
 
 

@@ -1,0 +1,71 @@
+"""Sweeps that optimise: a run returns its ``objective`` to Hydra's sweeper (Optuna through
+``hparams_search=<name>``), every sweep writes one summary table, and failed jobs are recorded, not lost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from clframe.errors import ConfigError
+from clframe.sweeps import objective_value, summary_rows
+
+BLOBS = ["scenario=split_blobs", "backbone.hidden=[16]", "trainer.max_epochs=2", "strategy.batch_size=32"]
+QUIET = ["logger=none", "progress_bar=none", "plots=false"]
+
+
+def _sweep(tmp_path, *overrides):
+    cmd = [sys.executable, "-m", "clframe", "run", "-m", *overrides, *BLOBS, *QUIET, f"hydra.sweep.dir={tmp_path}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    lines = [json.loads(x) for x in (tmp_path / "sweep.jsonl").read_text().splitlines()]
+    return res, lines
+
+
+def test_objective_value_and_its_errors():
+    result = {"metrics": {"cl/avg_acc": 0.5, "cl/fwt": None}}
+    assert objective_value(result, "cl/avg_acc") == 0.5 and objective_value(result, None) is None
+    with pytest.raises(ConfigError, match="objective.*cl/avg_acc"):
+        objective_value(result, "cl/avg_acc_typo")
+    header, rows = summary_rows(
+        [{"job": 0, "objective": 0.2}, {"job": 1, "objective": None, "status": "failed"}, {"job": 2, "objective": 0.9}]
+    )
+    assert [r[0] for r in rows] == ["2", "0", "1"]  # best first, failed last
+    assert [
+        r[0] for r in summary_rows([{"job": 0, "objective": 0.2}, {"job": 1, "objective": 0.1}], "minimize")[1]
+    ] == [
+        "1",
+        "0",
+    ]
+
+
+def test_optuna_search_optimises_the_objective_and_writes_one_summary(tmp_path):
+    res, lines = _sweep(tmp_path, "hparams_search=naive", "hydra.sweeper.n_trials=3")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(lines) == 3 and all(line["status"] == "complete" for line in lines)
+    for line in lines:  # what the sweeper saw is what the run reported
+        metrics = json.loads((tmp_path / line["run_dir"].split("/")[-1] / "metrics.json").read_text())["metrics"]
+        assert line["objective"] == pytest.approx(metrics["cl/avg_acc"])
+        assert any(o.startswith("strategy.lr=") for o in line["overrides"])
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(line["objective"] for line in lines))
+    summary = (tmp_path / "summary.md").read_text()
+    assert "objective cl/avg_acc (maximize)" in summary and summary.count("| complete |") == 3
+
+
+def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    res, lines = _sweep(tmp_path, "objective=cl/avg_acc", "strategy=naive", "strategy.lr=0.05,-1")
+    assert res.returncode == 2  # the worst job: a configuration error
+    by_lr = {next(o for o in line["overrides"] if o.startswith("strategy.lr=")): line for line in lines}
+    assert by_lr["strategy.lr=-1"]["status"] == "failed" and by_lr["strategy.lr=-1"]["objective"] is None
+    assert by_lr["strategy.lr=0.05"]["status"] == "complete" and 0 <= by_lr["strategy.lr=0.05"]["objective"] <= 1
+    assert (tmp_path / "summary.csv").read_text().count("\n") == 3  # header + 2 jobs
+
+
+def test_objective_must_be_a_metric_key(make_cfg):
+    from clframe.runner import build
+
+    with pytest.raises(ConfigError, match="objective"):
+        build(make_cfg(*BLOBS, "objective=5"))
