@@ -22,7 +22,7 @@ commands:
            clframe run --cfg job                       print the composed config
   clframe list [PATTERN]             registered strategies, scenarios, backbones, metrics, presets
   clframe plot RUN_DIR [RUN_DIR ...] [-o OUT] [--format png|pdf|svg]   redraw a run's plots; overlay runs
-  clframe compare RUN_DIR [...] [-o OUT.md|.csv|.tex]   table of headline metrics (sweep folders too)
+  clframe compare RUN_DIR [...] [-o OUT.md|.csv|.tex] [--per-run]   headline metrics, mean ± std over seeds
   clframe report RUN_DIR [...] [-o report.md|report.html]   one self-contained report (plots embedded)
 
 errors are one line (exit status 2: a configuration error, 1: a failure while running);
@@ -157,11 +157,14 @@ def _compare(argv: list[str]) -> int:
     parser.add_argument("runs", nargs="+", help="run directories, or folders of runs (a sweep's output)")
     parser.add_argument("-f", "--format", choices=["md", "csv", "latex"], default=None, help="default: md, or by -o")
     parser.add_argument("-o", "--out", default=None, help="write the table here (.md, .csv or .tex) instead of stdout")
+    parser.add_argument(
+        "--per-run", action="store_true", help="one row per run (default: seeds of one config in one row, mean ± std)"
+    )
     args = parser.parse_args(argv)
     from clframe.report import compare_table
 
     suffix = {".csv": "csv", ".tex": "latex"}.get(Path(args.out).suffix, "md") if args.out else "md"
-    table = compare_table(args.runs, args.format or suffix)
+    table = compare_table(args.runs, args.format or suffix, per_run=args.per_run)
     if args.out:
         atomic_write_text(Path(args.out), table if table.endswith("\n") else table + "\n")
         print(args.out)

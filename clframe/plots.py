@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from clframe.io import _atomic
-from clframe.report import load_metrics
+from clframe.report import group_runs, load_metrics
 
 
 def _pyplot():
@@ -81,19 +81,30 @@ def plot_stability(m: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_curves(runs: list[dict], path: Path) -> Path:
-    """Average accuracy and forgetting vs experience, one line per run."""
+def plot_curves(groups: list[list[dict]], path: Path) -> Path:
+    """Average accuracy and forgetting vs experience: one line per group of runs (the seeds of one config),
+    its mean with a ±1 std band over seeds when it has several; colour: the method."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    methods = list(dict.fromkeys(m["strategy"] for m in runs))  # one colour per method, seeds share it
+    methods = list(dict.fromkeys(g[0]["strategy"] for g in groups))
     colours = plt.get_cmap("tab10")
-    for m in runs:
-        seeds = [r["seed"] for r in runs if r["strategy"] == m["strategy"]]
-        style = ["-", "--", ":", "-."][seeds.index(m["seed"]) % 4]
+    styles = {}
+    for group in groups:
+        name = group[0]["strategy"]
+        k = styles.get(name, 0)  # several configs of one method: same colour, another line style
+        styles[name] = k + 1
+        style = ["-", "--", ":", "-."][k % 4]
+        colour = colours(methods.index(name) % 10)
+        label = _label(group[0]) if len(group) == 1 else f"{name} (mean ± std, {len(group)} seeds)"
         for ax, key in zip(axes, ("cl/avg_acc", "cl/forgetting")):
-            ys = 100 * np.asarray(m["curves"].get(key, []), dtype=float)
-            ax.plot(np.arange(len(ys)), ys, marker="o", ls=style, color=colours(methods.index(m["strategy"]) % 10),
-                    label=_label(m))  # fmt: skip
+            curves = [100 * np.asarray(m["curves"].get(key, []), dtype=float) for m in group]
+            n = min(len(c) for c in curves)
+            ys = np.stack([c[:n] for c in curves])
+            mean = ys.mean(0)
+            ax.plot(np.arange(n), mean, marker="o", ls=style, color=colour, label=label)
+            if len(group) > 1:
+                std = ys.std(0, ddof=1)
+                ax.fill_between(np.arange(n), mean - std, mean + std, color=colour, alpha=0.2, lw=0)
     for ax, title in zip(axes, ("average accuracy (%)", "forgetting (%, lower is better)")):
         ax.set_xlabel("after training on experience")
         ax.xaxis.set_major_locator(_integer_ticks())
@@ -124,13 +135,14 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, fmt: str = "png
     return [
         plot_accuracy_matrix(m, out / f"accuracy_matrix.{fmt}"),
         plot_stability(m, out / f"stability.{fmt}"),
-        plot_curves([m], out / f"curves.{fmt}"),
+        plot_curves([[m]], out / f"curves.{fmt}"),
     ]
 
 
 def plot_comparison(run_dirs: list[str | Path], out: str | Path | None = None, fmt: str = "png") -> list[Path]:
-    """Overlay the average-accuracy and forgetting curves of several runs in one figure (colour: method)."""
+    """Overlay the average-accuracy and forgetting curves of several runs in one figure (colour: method); the
+    seeds of one config (:func:`clframe.report.group_runs`) are one line with a band over them."""
     _check_format(fmt)
-    runs = [load_metrics(d) for d in run_dirs]
+    groups = [[load_metrics(d) for d in group] for group in group_runs([Path(d) for d in run_dirs])]
     out = Path(out) if out else Path(run_dirs[0]) / "plots"
-    return [plot_curves(runs, out / f"comparison_curves.{fmt}")]
+    return [plot_curves(groups, out / f"comparison_curves.{fmt}")]

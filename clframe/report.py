@@ -103,24 +103,77 @@ def _unlearning(run_dir: Path) -> str:
     return f"{node['name']} {options}".strip()
 
 
-def compare_rows(run_dirs: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the comparison: run, scenario, strategy, unlearning method and options, seed, status,
+#: config keys that do not change what a run computes (with the seed: what a group of seeds may differ in)
+NOT_CONFIG = ("seed", "run_dir", "resume", "overwrite", "plots", "progress_bar", "logger", "keep_checkpoints", "hydra")
+
+
+def config_key(run_dir: Path) -> str:
+    """The run's saved config without its seed and bookkeeping keys: runs with equal keys are seeds of one
+    configuration. A run without ``config.yaml`` is a group of its own."""
+    import yaml  # plain YAML: the saved config is data
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return f"run:{Path(run_dir).resolve()}"
+    node = yaml.safe_load(path.read_text()) or {}
+    return json.dumps({k: v for k, v in node.items() if k not in NOT_CONFIG}, sort_keys=True, default=str)
+
+
+def group_runs(run_dirs: list[Path]) -> list[list[Path]]:
+    """Runs grouped by :func:`config_key`, groups and runs in first-seen order."""
+    groups: dict[str, list[Path]] = {}
+    for d in run_dirs:
+        groups.setdefault(config_key(d), []).append(d)
+    return list(groups.values())
+
+
+def mean_std_text(key: str, values: list[float]) -> str:
+    """``mean ± std`` (sample std) of a metric over seeds, in :func:`metric_text` units; one value: itself."""
+    import statistics
+
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return metric_text(key, values[0])
+    mean, std = statistics.mean(values), statistics.stdev(values)
+    if key.rsplit("/", 1)[-1] in SCIENTIFIC:
+        return f"{mean:.2e} ± {std:.1e}"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def compare_rows(run_dirs: list[str], per_run: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison: scenario, strategy, unlearning method and options, seeds, status,
     then the ``cl/*`` headline metrics and every ``unlearn/*`` / ``retrieval/*`` metric any run reports
-    (:func:`metric_text`: percent with two decimals, forget quality as a p-value; ``–``: not reported)."""
-    runs = [(d, load_metrics(d)) for d in find_runs(run_dirs)]
-    extra = sorted({k for _, m in runs for k in m["metrics"] if k.split("/")[0] in ("unlearn", "retrieval")})
+    (:func:`metric_text`: percent with two decimals, forget quality as a p-value; ``–``: not reported).
+    Runs whose configs differ only in the seed are one row, ``mean ± std`` over its ``n`` seeds
+    (``per_run=True``: one row per run)."""
+    runs = {d: load_metrics(d) for d in find_runs(run_dirs)}
+    extra = sorted({k for m in runs.values() for k in m["metrics"] if k.split("/")[0] in ("unlearn", "retrieval")})
     keys = [*HEADLINE, *extra]
-    header = ["run", "scenario", "strategy", "unlearning", "seed", "status", *keys]
     rows = []
-    for d, m in runs:
-        vals = [metric_text(k, m["metrics"].get(k)) for k in keys]
-        rows.append([d.name, m["scenario"], m["strategy"], _unlearning(d), str(m["seed"]), m["status"], *vals])
+    if per_run:
+        header = ["run", "scenario", "strategy", "unlearning", "seed", "status", *keys]
+        for d, m in runs.items():
+            vals = [metric_text(k, m["metrics"].get(k)) for k in keys]
+            rows.append([d.name, m["scenario"], m["strategy"], _unlearning(d), str(m["seed"]), m["status"], *vals])
+        return header, rows
+    header = ["run", "scenario", "strategy", "unlearning", "n", "seeds", "status", *keys]
+    for group in group_runs(list(runs)):
+        ms = [runs[d] for d in group]
+        first = ms[0]
+        status = ",".join(dict.fromkeys(m["status"] for m in ms))
+        seeds = ",".join(str(m["seed"]) for m in ms)
+        name = group[0].name if len(group) == 1 else f"{group[0].name} (+{len(group) - 1})"
+        vals = [mean_std_text(k, [m["metrics"][k] for m in ms if m["metrics"].get(k) is not None]) for k in keys]
+        rows.append(
+            [name, first["scenario"], first["strategy"], _unlearning(group[0]), str(len(ms)), seeds, status, *vals]
+        )
     return header, rows
 
 
-def compare_table(run_dirs: list[str], fmt: str = "md") -> str:
+def compare_table(run_dirs: list[str], fmt: str = "md", per_run: bool = False) -> str:
     """The comparison as Markdown (``md``), ``csv`` or a LaTeX ``tabular`` (``latex``)."""
-    header, rows = compare_rows(run_dirs)
+    header, rows = compare_rows(run_dirs, per_run)
     if fmt == "csv":
         import csv
         import io
@@ -131,8 +184,15 @@ def compare_table(run_dirs: list[str], fmt: str = "md") -> str:
         writer.writerows([[v.replace("–", "") for v in r] for r in rows])
         return buf.getvalue()
     if fmt == "latex":
-        esc = lambda v: v.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")  # noqa: E731
-        lines = ["\\begin{tabular}{" + "l" * 6 + "r" * (len(header) - 6) + "}", "\\toprule"]
+        esc = lambda v: (  # noqa: E731
+            v.replace("\\", "\\textbackslash{}")
+            .replace("_", "\\_")
+            .replace("%", "\\%")
+            .replace("&", "\\&")
+            .replace("±", "$\\pm$")
+        )
+        text_cols = header.index("status") + 1
+        lines = ["\\begin{tabular}{" + "l" * text_cols + "r" * (len(header) - text_cols) + "}", "\\toprule"]
         lines.append(" & ".join(esc(h) for h in header) + " \\\\")
         lines.append("\\midrule")
         lines += [" & ".join(esc(v) if v != "–" else "--" for v in r) + " \\\\" for r in rows]
