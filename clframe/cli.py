@@ -61,7 +61,8 @@ def _run_hydra(argv: list[str]) -> int:
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     def main(cfg: DictConfig) -> float | None:
-        """One job: its ``objective`` value for the sweeper (``None`` without one; NaN when the job failed)."""
+        """One job: its ``objective`` value for the sweeper (``None`` without one; a failed job: the worst value,
+        see :func:`_failed_value`)."""
         nonlocal worst
         from clframe.report import print_summary
         from clframe.runner import check_resume_overrides, run
@@ -82,11 +83,18 @@ def _run_hydra(argv: list[str]) -> int:
             code, message = _describe(err)
             print(f"error: {message}", file=sys.stderr)
             worst = max(worst, code)
-            return float("nan")
+            return _failed_value(hc)
 
     sys.argv = ["clframe run", *argv]
     main()
     return worst
+
+
+def _failed_value(hc) -> float:
+    """What a failed job returns to the sweeper: the worst value of its direction (-inf when maximising,
+    +inf when minimising: Optuna records the trial and the search goes on; it refuses NaN), NaN otherwise."""
+    direction = str(getattr(hc.sweeper, "direction", "") or "").lower() if "sweeper" in hc else ""
+    return {"maximize": float("-inf"), "minimize": float("inf")}.get(direction, float("nan"))
 
 
 def _debug() -> bool:

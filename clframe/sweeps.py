@@ -101,9 +101,9 @@ class SweepSummary(Callback):
         hc = HydraConfig.get()
         if hc.mode != RunMode.MULTIRUN:
             return
-        # the job function returns the objective (None without one); NaN marks a failed job
+        # the job function returns the objective (None without one); a non-finite value marks a failed job
         value = job_return.return_value if job_return.status.name == "COMPLETED" else float("nan")
-        failed = isinstance(value, float) and math.isnan(value)
+        failed = isinstance(value, float) and not math.isfinite(value)
         append_job(
             Path(config.hydra.sweep.dir),
             {

@@ -20,6 +20,7 @@ QUIET = ["logger=none", "progress_bar=none", "plots=false"]
 def _sweep(tmp_path, *overrides):
     cmd = [sys.executable, "-m", "clframe", "run", "-m", *overrides, *BLOBS, *QUIET, f"hydra.sweep.dir={tmp_path}"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert (tmp_path / "sweep.jsonl").is_file(), res.stderr[-3000:]
     lines = [json.loads(x) for x in (tmp_path / "sweep.jsonl").read_text().splitlines()]
     return res, lines
 
@@ -69,3 +70,17 @@ def test_objective_must_be_a_metric_key(make_cfg):
 
     with pytest.raises(ConfigError, match="objective"):
         build(make_cfg(*BLOBS, "objective=5"))
+
+
+def test_a_failed_optuna_trial_is_the_worst_value_and_the_search_goes_on(tmp_path):
+    res, lines = _sweep(
+        tmp_path,
+        "hparams_search=naive",
+        "hydra.sweeper.n_trials=6",
+        "strategy.lr=choice(0.05,-1.0)",
+    )
+    statuses = {next(o for o in line["overrides"] if o.startswith("strategy.lr=")): line["status"] for line in lines}
+    assert len(lines) == 6 and statuses == {"strategy.lr=0.05": "complete", "strategy.lr=-1.0": "failed"}, statuses
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert best["best_params"] == {"strategy.lr": 0.05} and 0 <= best["best_value"] <= 1
+    assert res.returncode == 2  # the worst job's status: a configuration error
