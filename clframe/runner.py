@@ -85,7 +85,7 @@ def build_evaluators(cfg: DictConfig) -> dict[str, Any]:
 # top-level keys of experiments/config.yaml and their types (the groups are checked by their registries)
 RUN_KEYS = {
     "seed": (int,), "run_dir": (str, type(None)), "resume": (str, type(None)), "overwrite": (bool,),
-    "plots": (bool,), "keep_checkpoints": (bool,), "objective": (str, type(None)),
+    "plots": (bool,), "keep_checkpoints": (bool,), "objective": (str, type(None)), "auto_resume": (bool,),
 }  # fmt: skip
 
 
@@ -348,6 +348,30 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     return loaded
 
 
+def auto_resumed(cfg: DictConfig) -> DictConfig:
+    """``auto_resume=true``: a job started again into its own run directory (a SLURM job requeued after
+    preemption or its time limit) continues from the last checkpoint, as ``resume=<run_dir>`` would. The
+    directory must hold a run of the same config (seed included); anything else is refused."""
+    run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else None
+    if not cfg.get("auto_resume") or cfg.get("resume") or run_dir is None:
+        return cfg
+    if not (run_dir / "checkpoints" / "last.pt").is_file() or not (run_dir / "config.yaml").is_file():
+        return cfg  # nothing to continue: a fresh run
+    ignore = {"run_dir", "resume", "overwrite", "auto_resume", *SAFE_RESUME_KEYS}
+    mine = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ignore}
+    saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+    if {k: v for k, v in saved.items() if k not in ignore} != mine:
+        raise ConfigError(
+            "auto_resume",
+            True,
+            hint=f"{run_dir} holds a run of another config; choose another run_dir or overwrite=true",
+        )
+    log.info("auto_resume: continuing the run in %s", run_dir)
+    resumed = cfg.copy()
+    resumed.resume = str(run_dir)
+    return resumed
+
+
 def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, dry: bool = False) -> None:
     """Refuse a fresh run into a directory that holds files (``overwrite=true`` removes clframe's outputs first,
     unless ``dry``; ``resume=`` continues the run there). Called with the directory's lock held."""
@@ -382,6 +406,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     validated before the run directory is created or touched.
     """
     load_plugins(cfg.get("plugins") or ())  # the caller's choice (a saved run directory never imports code)
+    cfg = auto_resumed(cfg)
     if cfg.get("resume"):
         cfg = resumed_config(cfg)
     stream, strategy = build(cfg)

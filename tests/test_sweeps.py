@@ -84,3 +84,30 @@ def test_a_failed_optuna_trial_is_the_worst_value_and_the_search_goes_on(tmp_pat
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     assert best["best_params"] == {"strategy.lr": 0.05} and 0 <= best["best_value"] <= 1
     assert res.returncode == 2  # the worst job's status: a configuration error
+
+
+def test_a_job_started_again_into_its_run_dir_resumes(make_cfg, monkeypatch):
+    """auto_resume: a requeued job (same config, same run_dir) continues from its checkpoint to the same
+    matrix as an uninterrupted run; a run directory of another config is refused."""
+    from clframe.runner import run
+    from clframe.strategies.naive import Naive
+    from tests.conftest import crash_at
+
+    cfg = make_cfg(*BLOBS, "strategy=naive", "auto_resume=true")
+    crash_at(monkeypatch, Naive, 2, cfg)  # preempted before experience 2
+    resumed = run(cfg.copy())  # the requeued job: the same config again
+    assert (
+        resumed["status"] == "complete"
+        and resumed["accuracy_matrix"] == run(make_cfg(*BLOBS, "strategy=naive"))["accuracy_matrix"]
+    )
+    other = cfg.copy()
+    other.seed = 1
+    with pytest.raises(ConfigError, match="auto_resume"):
+        run(other)
+
+
+def test_the_local_submitit_launcher_runs_a_sweep(tmp_path):
+    res, lines = _sweep(tmp_path, "launcher=local", "objective=cl/avg_acc", "strategy=naive", "seed=0,1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(line["seed"] for line in lines) == [0, 1] and all(line["status"] == "complete" for line in lines)
+    assert (tmp_path / ".submitit").is_dir() and (tmp_path / "summary.md").is_file()
