@@ -132,11 +132,13 @@ def _list(argv: list[str]) -> int:
         print(f"{kind}:")
         for name, doc in items:
             print(f"  {name:<20} {doc}")
-    root = config_dir()
-    for group in ("scenario", "strategy", "backbone", "experiment"):
-        files = sorted(p.stem for p in (root / group).glob("*.yaml"))
-        import fnmatch
+    import fnmatch
 
+    root = config_dir()
+    groups = ("scenario", "strategy", "backbone", "unlearning", "pretrain", "logger", "trainer", "experiment",
+              "hparams_search", "launcher")  # fmt: skip
+    for group in groups:
+        files = sorted(p.stem for p in (root / group).glob("*.yaml"))
         files = [f for f in files if fnmatch.fnmatch(f, pattern)]
         if files:
             print(f"config {group}=  " + ", ".join(files))
