@@ -33,7 +33,7 @@ def search(method: str, stream: list[str], trials: int, folder: Path) -> dict:
         cmd = [sys.executable, "-m", "clframe", "run", "-m", f"hparams_search={method}", *stream, *QUIET]
         cmd += [f"hydra.sweeper.n_trials={trials}", f"hydra.sweep.dir={folder}"]
         res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode:
+        if not (folder / "optimization_results.yaml").is_file():  # failed trials (diverged) are part of a search
             raise SystemExit(f"{method} search failed:\n{res.stderr[-3000:]}")
     return yaml.safe_load((folder / "optimization_results.yaml").read_text())
 
