@@ -27,7 +27,7 @@ from clframe.fit import Engine
 from clframe.optim import check_optimizer, make_optimizer
 from clframe.registry import register_unlearner
 from clframe.stream import split_test
-from clframe.unlearning.pieces import accuracy_on, batches, npo_loss, simnpo_loss
+from clframe.unlearning.pieces import accuracy_on, batches, mean_log_likelihood_on, npo_loss, simnpo_loss
 
 
 # ---------------------------------------------------------------- methods
@@ -101,6 +101,7 @@ class Unlearner:
             "forget_acc": accuracy_on(strategy, exp.forget),
             "retain_acc": accuracy_on(strategy, exp.retain),
             "test_acc": accuracy_on(strategy, self._test),
+            "forget_ll": mean_log_likelihood_on(strategy, exp.forget),
         }
 
     def __call__(self, strategy, exp) -> None:

@@ -82,3 +82,21 @@ def accuracy_on(strategy, data: TensorData | None, n: int = 512) -> float | None
     acc = float(torch.cat(right).float().mean())
     strategy.train(was)
     return acc
+
+
+@torch.no_grad()
+def mean_log_likelihood_on(strategy, data: TensorData | None, n: int = 512) -> float | None:
+    """Mean per-unit log-likelihood (per sample for a classifier, per answer token for a language model) of the
+    first ``n`` samples of ``data``: the forget-set likelihood trajectory of path-dependence studies."""
+    if data is None or not len(data):
+        return None
+    was = strategy.training
+    strategy.eval()
+    dev = strategy.device
+    total, units = 0.0, 0.0
+    for i in range(0, min(n, len(data)), 128):
+        batch = {k: getattr(data, k)[i : min(i + 128, n)].to(dev) for k in ("x", "y", "task")}
+        total += float(strategy.log_likelihood(batch).sum())
+        units += float(strategy.target_length(batch).sum())
+    strategy.train(was)
+    return total / max(units, 1.0)
