@@ -57,11 +57,11 @@ def answer_scores(model, x: Tensor, device: torch.device, batch_size: int = 64) 
     logp, lengths, tokens, right = [], [], [], []
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].to(device)
-        tok = model.backbone.answer_token_logprobs(xb)
+        tok, ok = model.backbone.answer_scores(xb)
         tokens.append(tok.cpu())
         logp.append(tok.sum(1).cpu())
         lengths.append(model.backbone.answer_length(xb).cpu())
-        right.append(model.backbone.answer_correct(xb).cpu())
+        right.append(ok.cpu())
     cat = lambda parts: torch.cat(parts) if parts else torch.zeros(0)  # noqa: E731
     return cat(logp), cat(lengths), cat(tokens), cat(right)
 
@@ -161,7 +161,9 @@ class TofuEvaluator(ForgetEventEvaluator):
         return sets
 
     # ------------------------------------------------------------ per model and set
-    def _truth_ratio(self, model, s: dict[str, Any], device) -> np.ndarray | None:
+    def _truth_scores(self, model, s: dict[str, Any], device) -> dict[str, Tensor] | None:
+        """Log-likelihoods and lengths of the paraphrased (N,) and perturbed (N, K) answers of the samples that
+        have them (``None`` when the set has none)."""
         has = s.get("has_truth")
         if has is None or s.get("perturbed") is None or not bool(has.any()):
             return None
@@ -169,7 +171,7 @@ class TofuEvaluator(ForgetEventEvaluator):
         p_lp, p_len, _, _ = answer_scores(model, para, device)
         n, k = pert.shape[:2]
         q_lp, q_len, _, _ = answer_scores(model, pert.flatten(0, 1), device)
-        return T.truth_ratio(p_lp, p_len, q_lp.view(n, k), q_len.view(n, k))
+        return {"para_lp": p_lp, "para_len": p_len, "pert_lp": q_lp.view(n, k), "pert_len": q_len.view(n, k)}
 
     def _generate(self, model, s: dict[str, Any], device) -> np.ndarray:
         lm = model.backbone
@@ -192,14 +194,16 @@ class TofuEvaluator(ForgetEventEvaluator):
             out[f"{name}_acc"] = float(right.float().mean())
             if name == "holdout":
                 continue
-            tr = self._truth_ratio(model, s, device)
+            truth = self._truth_scores(model, s, device)
+            tr = (
+                None
+                if truth is None
+                else T.truth_ratio(*(truth[k] for k in ("para_lp", "para_len", "pert_lp", "pert_len")))
+            )
             raw[name]["truth_ratio"] = tr
-            if s.get("utility") and tr is not None:
+            if s.get("utility") and truth is not None:
                 has = s["has_truth"]
-                pert = s["perturbed"][has]
-                n, k = pert.shape[:2]
-                q_lp, q_len, _, _ = answer_scores(model, pert.flatten(0, 1), device)
-                prob = T.option_probability(logp[has], length[has], q_lp.view(n, k), q_len.view(n, k))
+                prob = T.option_probability(logp[has], length[has], truth["pert_lp"], truth["pert_len"])
             else:
                 prob = T.normalized_probability(logp, length)
             out[f"{name}_prob"] = float(np.mean(prob))

@@ -200,12 +200,18 @@ class CausalLM(Backbone):
         ids, attention, _ = self._split(x)
         return self.model(input_ids=ids, attention_mask=attention).logits
 
+    def _token_logprobs(self, ids: Tensor, answer: Tensor, logits: Tensor) -> Tensor:
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+        return -nll.view(len(ids), -1) * answer[:, 1:]
+
+    @staticmethod
+    def _all_right(ids: Tensor, answer: Tensor, logits: Tensor) -> Tensor:
+        return ((logits.argmax(-1) == ids[:, 1:]) | (answer[:, 1:] == 0)).all(1)
+
     def answer_token_logprobs(self, x: Tensor) -> Tensor:
         """(N, L - 1) log-probability of each next token, 0 outside the answer."""
         ids, _, answer = self._split(x)
-        logits = self.token_logits(x)[:, :-1]
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
-        return -nll.view(len(ids), -1) * answer[:, 1:]
+        return self._token_logprobs(ids, answer, self.token_logits(x)[:, :-1])
 
     def answer_log_likelihood(self, x: Tensor) -> Tensor:
         """Per-sample log p(answer | prompt): the sum of the answer tokens' log-probabilities."""
@@ -218,8 +224,13 @@ class CausalLM(Backbone):
     def answer_correct(self, x: Tensor) -> Tensor:
         """Per-sample bool: the greedy next token is right at every answer position (teacher forcing)."""
         ids, _, answer = self._split(x)
-        hit = self.token_logits(x)[:, :-1].argmax(-1) == ids[:, 1:]
-        return (hit | (answer[:, 1:] == 0)).all(1)
+        return self._all_right(ids, answer, self.token_logits(x)[:, :-1])
+
+    def answer_scores(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`answer_token_logprobs` and :meth:`answer_correct` from one forward pass (evaluation)."""
+        ids, _, answer = self._split(x)
+        logits = self.token_logits(x)[:, :-1]
+        return self._token_logprobs(ids, answer, logits), self._all_right(ids, answer, logits)
 
     def hidden_states(self, x: Tensor, pool: str = "mean") -> list[Tensor]:
         """Per layer (embeddings first) the hidden state of each sequence: the mean over its tokens
