@@ -179,6 +179,8 @@ def test_tofu_forget_quality_is_one_for_the_oracle_and_low_for_the_memorising_or
     for key in ("unlearn/forget_quality", "unlearn/model_utility", "unlearn/truth_ratio", "unlearn/forget_rouge"):
         assert key in ev and key in tofu_run["metrics"]
     assert 0 <= ev["unlearn/model_utility"] <= 1 and 0 <= ev["unlearn/forget_rouge"] <= 1
+    # generations: the memorising original reproduces the forget answers, the oracle (never trained on them) does not
+    assert ev["original/forget_rouge"] > ev["oracle/forget_rouge"] + 0.2
 
 
 def test_every_unlearner_runs_on_a_language_model(make_cfg):
