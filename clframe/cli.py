@@ -194,7 +194,19 @@ def _report(argv: list[str]) -> int:
     return 0
 
 
+def _worker(argv: list[str]) -> int:
+    """``python -m clframe _worker CONFIG``: one rank > 0 of a multi-process run, started by
+    :func:`clframe.distributed.processes` on rank 0's final config (a YAML file it wrote; read as data)."""
+    from omegaconf import OmegaConf
+
+    from clframe.runner import run
+
+    run(OmegaConf.load(argv[0]))
+    return 0
+
+
 COMMANDS = {"run": _run, "list": _list, "plot": _plot, "compare": _compare, "report": _report}
+HIDDEN = {"_worker": _worker}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     cmd, rest = argv[0], argv[1:]
+    if cmd in HIDDEN:
+        return HIDDEN[cmd](rest)
     if cmd not in COMMANDS:
         print(f"error: unknown command {cmd!r}; valid choices: {', '.join(COMMANDS)}\n\n{USAGE}", file=sys.stderr)
         return 2

@@ -3,8 +3,9 @@
 Why a loop of our own: Lightning's ``Trainer`` adds ~1.5 ms of Python per optimiser step on
 these CPUs (hook dispatch, closures, profiler contexts), i.e. ~30 % of a small-MLP step
 (``python benchmarks/engine_overhead.py``). ``Fabric`` keeps what we need from Lightning —
-device choice and precision plugins — at no per-step cost (one device per run for now: DDP
-would need ``fabric.launch()`` and rank-0-only result writing, not built yet). ``trainer.engine=lightning``
+device choice, precision plugins and DDP — at no per-step cost. With ``trainer.devices=N`` (Fabric engine,
+``trainer.strategy=ddp``) every rank trains on its shard of each global batch and DDP averages the gradients;
+what else each rank does is in :mod:`clframe.distributed`. ``trainer.engine=lightning``
 runs the same experience through ``Trainer.fit`` instead (Lightning callbacks, profilers);
 a test checks that both engines give identical weights.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from clframe import distributed
 from clframe.errors import ConfigError, NonFiniteLossError
 from clframe.optim import gradient_step
 
@@ -48,6 +51,8 @@ FABRIC_KEYS = {
     "log_every_n_steps", "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches", "deterministic",
     "limit_train_batches",
 }  # fmt: skip
+# several processes (trainer.devices > 1 or num_nodes > 1): data-parallel, see clframe.distributed
+DDP_STRATEGIES = ["auto", "ddp", "ddp_find_unused_parameters_true"]
 
 
 def trainer_options(cfg: DictConfig) -> dict[str, Any]:
@@ -66,13 +71,21 @@ def trainer_options(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError("trainer.gradient_clip_algorithm", opts["gradient_clip_algorithm"], ["norm", "value"])
         devices = opts.get("devices", 1)
         single = devices in (1, "1") or (isinstance(devices, list) and len(devices) == 1)
-        if not single or int(opts.get("num_nodes") or 1) > 1:
+        multi = not single or int(opts.get("num_nodes") or 1) > 1
+        if multi and str(opts.get("strategy", "auto")) not in DDP_STRATEGIES:
             raise ConfigError(
-                "trainer.devices",
-                devices,
-                "1 (or one device id, e.g. [0])",
-                hint="the fabric engine trains on one device; multi-device (DDP) runs are not supported yet",
+                "trainer.strategy",
+                opts.get("strategy", "auto"),
+                DDP_STRATEGIES,
+                hint=f"trainer.devices={devices}: the fabric engine runs several devices with DDP only",
             )
+    elif distributed.local_world(opts) > 1:
+        raise ConfigError(
+            "trainer.engine",
+            engine,
+            ["fabric"],
+            hint="trainer.devices > 1 runs on the fabric engine",
+        )
     check_trainer_values(opts)
     opts["engine"] = engine
     return opts
@@ -192,7 +205,21 @@ class Engine:
     def device(self) -> torch.device:
         """Where evaluation and gradient-free updates run: the accelerator the training loop will pick."""
         accel = str(self.options.get("accelerator", "auto"))
-        return torch.device("cuda" if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda") else "cpu")
+        if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda"):
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if distributed.rank() else 0)
+        return torch.device("cpu")
+
+    @property
+    def processes(self) -> int:
+        """Processes this machine runs for one run (``trainer.devices``; 1 without DDP)."""
+        return distributed.local_world(dict(self.options))
+
+    def join(self) -> None:
+        """Join this run's process group (several processes: ``trainer.devices > 1``, or an external launcher
+        such as torchrun / srun); a no-op for one process. Called once, before the run directory is touched."""
+        if self.processes > 1 or _multi_node(self.options):
+            distributed.threads_per_process(self.processes)
+            _fabric(dict(self.options)).launch()
 
     def identity(self) -> dict[str, Any]:
         """What of the engine changes training (for cache keys): every option but the progress bar."""
@@ -262,14 +289,22 @@ def fit(strategy, loader, engine: Engine, logger=None, step_offset: int = 0) -> 
 _FABRICS: dict[str, Any] = {}
 
 
+def _multi_node(opts: Mapping[str, Any]) -> bool:
+    """Several machines (``trainer.num_nodes``), or processes started by an external launcher (torchrun, srun)."""
+    return int(opts.get("num_nodes") or 1) > 1 or distributed.external_launcher()
+
+
 def _fabric(opts: dict[str, Any]):
     """One Fabric per device/precision setting, reused by every experience of the process."""
     from lightning.fabric import Fabric
 
     kw = {k: opts[k] for k in ("accelerator", "devices", "num_nodes", "strategy", "precision") if k in opts}
+    if distributed.alone() or (distributed.local_world(opts) == 1 and not _multi_node(opts)):
+        kw.update(devices=1, num_nodes=1, strategy="auto")  # one process (or rank 0 alone inside main_only())
     key = repr(sorted(kw.items()))
     if key not in _FABRICS:
-        _FABRICS[key] = Fabric(**kw)
+        several = kw.get("devices") not in (1, "1")  # the cluster environment of a group this process belongs to
+        _FABRICS[key] = Fabric(**kw, plugins=distributed.cluster_plugins() if several else None)
     return _FABRICS[key]
 
 
@@ -302,7 +337,7 @@ def _fit_fabric(strategy, loader, opts, bar, logger, step_offset) -> int:
     strategy.on_fit_start()
     strategy.zero_grad()
     strategy.on_train_start()
-    progress = _progress(bar, total, strategy)
+    progress = _progress(bar if distributed.is_main() else "none", total, strategy)
     step, epoch, epochs, loss = 0, 0, max_epochs(opts), None
     while epoch < epochs and step < total:
         strategy.on_train_epoch_start()
@@ -312,6 +347,7 @@ def _fit_fabric(strategy, loader, opts, bar, logger, step_offset) -> int:
             batch = strategy.on_before_batch_transfer(batch, 0)
             batch = strategy.transfer_batch_to_device(batch, fabric.device, 0)
             batch = strategy.on_after_batch_transfer(batch, 0)
+            batch = distributed.shard(batch)  # this rank's part of the global batch (the batch itself on one process)
             last = i + 1 == n_batches
             if strategy.on_train_batch_start(batch, i) == -1:  # -1: skip the rest of the epoch (as Lightning)
                 _step_schedulers(strategy, schedulers, "step", i + 1)
@@ -356,7 +392,8 @@ def _fit_fabric(strategy, loader, opts, bar, logger, step_offset) -> int:
             loss = result["loss"].detach()
             strategy.on_train_batch_end(result["outputs"], batch, i)
             if stepping and every and (step % every == 0 or step == total):
-                value = strategy.finite_loss(loss, step)  # checked at log points: no per-step sync
+                # checked at log points: no per-step sync (several processes: the global batch's mean)
+                value = strategy.finite_loss(loss.new_tensor(distributed.mean(float(loss))), step)
                 progress(step, value)
                 if logger is not None:
                     logger.log_metrics({"train/loss": value}, step=step_offset + step)
@@ -366,7 +403,7 @@ def _fit_fabric(strategy, loader, opts, bar, logger, step_offset) -> int:
         epoch += 1
     _keep_optimizer_state(strategy, optimizer)
     if loss is not None:
-        strategy.finite_loss(loss, step)
+        strategy.finite_loss(loss.new_tensor(distributed.mean(float(loss))), step)
     progress(None, None)
     strategy.on_train_end()
     strategy.on_fit_end()

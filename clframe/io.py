@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from clframe import distributed
 from clframe.errors import ConfigError
 
 try:
@@ -40,6 +41,10 @@ def log_records_to(handler: logging.Handler, fmt: str) -> Iterator[None]:
 
 
 def _atomic(path: Path, write) -> None:
+    """Write ``path`` whole or not at all (a temporary file, fsync, rename). Several processes of one run
+    (:mod:`clframe.distributed`): only rank 0 writes."""
+    if not distributed.is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # not mkstemp (always 0600): O_EXCL with mode 0666 gets the umask applied like any open(), without

@@ -32,6 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import clframe
+from clframe import distributed
 from clframe.data import data_sources
 from clframe.errors import CheckpointError, ConfigError, NonFiniteLossError
 from clframe.evaluation import RunContext, check_evaluators, retained_matrix
@@ -406,9 +407,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     validated before the run directory is created or touched.
     """
     load_plugins(cfg.get("plugins") or ())  # the caller's choice (a saved run directory never imports code)
-    cfg = auto_resumed(cfg)
-    if cfg.get("resume"):
-        cfg = resumed_config(cfg)
+    if not distributed.is_worker():  # a worker's config is rank 0's, final
+        cfg = auto_resumed(cfg)
+        if cfg.get("resume"):
+            cfg = resumed_config(cfg)
     stream, strategy = build(cfg)
     engine = Engine.from_config(cfg)
     strategy.engine = engine  # auxiliary loops (pretraining, unlearning) train where the stream trains
@@ -416,22 +418,30 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_evaluators(evaluators, strategy)
     run_dir = resolve_run_dir(cfg, stream)
     cfg.run_dir = str(run_dir)
-    logger = make_logger(cfg, run_dir, f"{stream.name}_{cfg.strategy.name}")  # writes nothing until first used
-    context = run_context(cfg, stream, run_dir, engine)
     created = not run_dir.exists()
-    if not created:  # checked again under the lock; here so that a refused run does not even leave a lock file
+    if not created and not distributed.is_worker():  # checked again under the lock; here so that a refused run
         prepare_run_dir(run_dir, resume=bool(cfg.get("resume")), overwrite=bool(cfg.get("overwrite")), dry=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with run_lock(run_dir):  # one run per directory at a time
-            prepare_run_dir(run_dir, resume=bool(cfg.get("resume")), overwrite=bool(cfg.get("overwrite")))
-            run_log = logging.FileHandler(run_dir / "run.log", delay=True)  # the run's log, inside its folder
-            with log_records_to(run_log, "%(asctime)s %(levelname)s %(message)s"), _sigterm_interrupts():
-                return _run_locked(cfg, stream, strategy, evaluators, logger, context)
-    except ConfigError:
-        if created and not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
-            shutil.rmtree(run_dir, ignore_errors=True)  # refused before anything was written: leave no trace
-        raise
+    with distributed.processes(engine.processes, OmegaConf.to_yaml(cfg)):  # trainer.devices > 1: the workers
+        engine.join()
+        run_dir = Path(distributed.broadcast(str(run_dir)))  # an external launcher's ranks: rank 0's directory
+        cfg.run_dir = str(run_dir)
+        context = run_context(cfg, stream, run_dir, engine)
+        if not distributed.is_main():  # rank > 0: trains with rank 0, never writes (clframe.distributed)
+            distributed.barrier()  # rank 0 has prepared the run directory
+            return _run_locked(cfg, stream, strategy, evaluators, None, context)
+        logger = make_logger(cfg, run_dir, f"{stream.name}_{cfg.strategy.name}")  # writes nothing until first used
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with run_lock(run_dir):  # one run per directory at a time
+                prepare_run_dir(run_dir, resume=bool(cfg.get("resume")), overwrite=bool(cfg.get("overwrite")))
+                distributed.barrier()
+                run_log = logging.FileHandler(run_dir / "run.log", delay=True)  # the run's log, inside its folder
+                with log_records_to(run_log, "%(asctime)s %(levelname)s %(message)s"), _sigterm_interrupts():
+                    return _run_locked(cfg, stream, strategy, evaluators, logger, context)
+        except ConfigError:
+            if created and not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+                shutil.rmtree(run_dir, ignore_errors=True)  # refused before anything was written: leave no trace
+            raise
 
 
 class Terminated(KeyboardInterrupt):
@@ -459,7 +469,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str, Any], logger, context) -> dict:
     """The event loop of :func:`run`, holding the run directory's lock."""
     run_dir, engine = context.run_dir, context.engine
-    for stray in run_dir.rglob(".*.tmp"):  # half-written files of a killed run (clframe.io's atomic writes)
+    for stray in run_dir.rglob(".*.tmp") if distributed.is_main() else ():  # half-written files of a killed run
         stray.unlink(missing_ok=True)
     learn_ids = [e.id for e in stream.experiences if e.kind == "learn"]
     tests = [stream.experiences[i].test for i in learn_ids]
@@ -478,6 +488,7 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str,
         "random_init_counts": None,
         "forget_requests": [],
         "log_rows": 0,  # data rows of the CSV log written by the checkpointed events
+        "rank_checks": [],  # several processes: per event, the digests found identical on every rank
     }
     ckpt_path = run_dir / CHECKPOINT
     ckpt = load_checkpoint(ckpt_path) if cfg.get("resume") and ckpt_path.is_file() else None
@@ -498,14 +509,17 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str,
     else:
         log.info("starting %s (%s / %s / seed %d)", run_dir, stream.name, cfg.strategy.name, seed)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
-        save_tokenizer(stream, run_dir)
+        if distributed.is_main():
+            save_tokenizer(stream, run_dir)
         if logger is not None:  # the resolved config as the run's hyperparameters (CSV: logs/hparams.yaml)
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         _write_events(run_dir, state)
         if cfg.get("pretrain"):
             state["pretrain"] = run_pretraining(strategy, cfg.pretrain, stream, seed=seed, run_dir=run_dir)
         if stream.setting == "domain":  # only FWT uses it, and FWT is defined in domain-IL only (metrics/cl.py)
-            state["random_init_counts"] = [class_counts(strategy, d, device) for d in tests]
+            with distributed.main_only() as main:
+                init = [class_counts(strategy, d, device) for d in tests] if main else None
+            state["random_init_counts"] = distributed.broadcast(init)
             state["random_init"] = [_acc(c) for c in state["random_init_counts"]]
 
     result: dict[str, Any] = {}
@@ -524,13 +538,21 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str,
                 state["forget_requests"].append(
                     {"id": exp.id, "name": exp.name, "removed_classes": exp.removed_classes, **report}
                 )
-            counts = [class_counts(strategy, d, device) for d in tests]
+            if distributed.world_size() > 1:  # every rank holds the same weights and sample stores, or the run stops
+                state["rank_checks"].append(distributed.check_identical(rank_state(strategy), exp.name))
+            with distributed.main_only() as main:  # evaluated once, on rank 0
+                measured = None
+                if main:
+                    counts = [class_counts(strategy, d, device) for d in tests]
+                    measured = (
+                        counts,
+                        {name: ev.after_event(strategy, stream, exp, device) for name, ev in evaluators.items()},
+                    )
+            counts, evaluations = distributed.broadcast(measured)
             row = [_acc(c) for c in counts]
             state["counts"].append(counts)
             state["rows"].append(row)
-            state["evaluations"].append(
-                {name: ev.after_event(strategy, stream, exp, device) for name, ev in evaluators.items()}
-            )
+            state["evaluations"].append(evaluations)
             state["row_events"].append({"id": exp.id, "kind": exp.kind, "name": exp.name})
             state["timing"].append(time.perf_counter() - t0)
             state["next"] = exp.id + 1
@@ -567,15 +589,22 @@ def _run_locked(cfg: DictConfig, stream: Stream, strategy, evaluators: dict[str,
         result = _write_results(run_dir, cfg, stream, state, status, error)
         if status != "complete":
             _finish_logger(logger, status, {}, state["steps"])
-    if status == "complete" and evaluators:
+    if status == "complete" and evaluators and distributed.is_main():
         for ev in evaluators.values():
             result["metrics"].update(ev.finalize(run_dir, result))
         write_json(run_dir / "metrics.json", result)
     if status == "complete":
         _finish_logger(logger, "success", result["metrics"], state["steps"])
-    if status == "complete" and cfg.get("plots", True):
+    if status == "complete" and cfg.get("plots", True) and distributed.is_main():
         plot_run(run_dir)
     return result
+
+
+def rank_state(strategy) -> dict[str, Any]:
+    """What must be identical on every rank after an event: the weights and each declared sample store."""
+    stores = strategy.checkpoint_state()
+    return {"weights": strategy.state_dict(), **{f"store {k}": v for k, v in stores.pop("stores").items()},
+            "strategy state": stores}  # fmt: skip
 
 
 def _acc(counts: list[list[int]]) -> float:
@@ -656,6 +685,8 @@ def _write_results(run_dir: Path, cfg, stream: Stream, state, status: str, error
         "environment": environment(),
         "data_sources": data_sources(),  # which files the data loaders of this process read (pickles / JPEG mirror)
     }
+    if state.get("rank_checks"):  # several processes: the per-event digests every rank agreed on
+        result["distributed"] = {"processes": distributed.world_size(), "rank_checks": state["rank_checks"]}
     result = _none_for_nan(result)
     write_json(run_dir / "metrics.json", result)
     if len(R):

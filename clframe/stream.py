@@ -169,8 +169,8 @@ class TensorLoader:
     """Yields ``{"x", "y", "task", "ids"}`` batches by slicing tensors (optionally shuffled).
 
     Deterministic given ``seed``; each ``iter()`` draws a new permutation from its own
-    generator, so epochs differ but a re-run with the same seed is identical. Under
-    ``torch.distributed`` each rank takes every ``world_size``-th batch row.
+    generator, so epochs differ but a re-run with the same seed is identical. Several processes draw the
+    same global batches (the training loop gives each rank its shard: :func:`clframe.distributed.shard`).
     ``transform`` is applied to each batch of inputs (tensor augmentations).
     """
 
@@ -192,16 +192,10 @@ class TensorLoader:
 
     def _order(self) -> Tensor:
         n = len(self.data)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-            order = order[: n - n % world][rank::world]
-        return order
+        return torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
 
     def __len__(self) -> int:
         n = len(self.data)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            n //= torch.distributed.get_world_size()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:

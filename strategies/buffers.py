@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from clframe.distributed import gather
 from clframe.errors import ConfigError
 from clframe.stream import TensorData, TensorLoader
 
@@ -164,8 +165,10 @@ class OnlineMemory:
         return x if self.transform is None else self.transform(x)
 
     def remember(self, batch: dict[str, Tensor], **extra: Tensor) -> None:
-        data = TensorData(*(batch[k].detach().to(HOST) for k in ("x", "y", "ids", "task")))
-        self.buffer.add(data, self.generator, {k: v.detach().float().to(HOST) for k, v in extra.items()})
+        """Offer the incoming batch (with per-sample ``extra``, e.g. logits). Under DDP each rank holds a shard:
+        the memory is offered the all-gathered batch, in the single-process order, on every rank."""
+        data = TensorData(*(gather(batch[k].detach()).to(HOST) for k in ("x", "y", "ids", "task")))
+        self.buffer.add(data, self.generator, {k: gather(v.detach()).float().to(HOST) for k, v in extra.items()})
 
     def ids(self) -> Tensor:
         return self.buffer.ids()

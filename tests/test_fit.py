@@ -62,8 +62,8 @@ def test_fabric_engine_rejects_trainer_only_keys(make_cfg):
         run(make_cfg(*BLOBS, "trainer.max_epochs=-1"))
     with pytest.raises(ConfigError, match=r"^trainer\.engine='keras'.*valid choices: fabric, lightning"):
         run(make_cfg(*BLOBS, "trainer.engine=keras"))
-    with pytest.raises(ConfigError, match=r"^trainer\.devices=2 is invalid.*one device"):
-        run(make_cfg(*BLOBS, "trainer.devices=2", "trainer.accelerator=cpu"))
+    with pytest.raises(ConfigError, match=r"^trainer\.strategy='deepspeed' is invalid.*ddp"):
+        run(make_cfg(*BLOBS, "trainer.devices=2", "trainer.accelerator=cpu", "trainer.strategy=deepspeed"))
     # the Trainer engine accepts any Trainer argument
     m = run(make_cfg(*BLOBS, "trainer.engine=lightning", "+trainer.val_check_interval=0.5"))
     assert np.asarray(m["accuracy_matrix"])[0, 0] > 0.5
