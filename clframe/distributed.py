@@ -112,11 +112,12 @@ def gather(t: torch.Tensor) -> torch.Tensor:
     _group().all_gather(sizes, torch.tensor([len(t)]))
     longest = int(max(s.item() for s in sizes))
     host = t.detach().to("cpu")  # gloo gathers host tensors; stores live in host memory anyway
+    host = host.to(torch.uint8) if host.dtype == torch.bool else host
     padded = torch.zeros((longest, *host.shape[1:]), dtype=host.dtype)
     padded[: len(host)] = host
     parts = [torch.empty_like(padded) for _ in range(n)]
     _group().all_gather(parts, padded)
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)]).to(t.device)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)]).to(t.device, t.dtype)
 
 
 def shard(batch: Any) -> Any:

@@ -281,7 +281,7 @@ class Engine:
 def fit(strategy, loader, engine: Engine, logger=None, step_offset: int = 0) -> int:
     """Train ``strategy`` on the batches of ``loader``; return the number of optimiser steps taken."""
     opts = dict(engine.options)
-    if opts.pop("engine") == "lightning":
+    if opts.pop("engine", "fabric") == "lightning":
         return _fit_lightning(strategy, loader, opts, engine.progress_bar, logger)
     return _fit_fabric(strategy, loader, opts, engine.progress_bar, logger, step_offset)
 

@@ -36,8 +36,8 @@ STREAM = [
     "progress_bar=none",
     "plots=false",
 ]
-BUFFER = {"replay": "strategy.buffer_size=40", "er": "strategy.buffer_size=40"}
-STORE = {"replay": "buffer", "er": "memory"}
+BUFFER = {"replay": "strategy.buffer_size=40", "er": "strategy.buffer_size=40", "mixcd": "strategy.buffer_size=40"}
+STORE = {"replay": "buffer", "er": "memory", "mixcd": "buffer"}  # mixcd: also per-sample statistics, gathered
 
 
 def _cmd(strategy: str, devices: int, run_dir, *extra: str) -> list[str]:
@@ -57,10 +57,10 @@ def _load(run_dir) -> tuple[dict, dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """replay and er, each with 1 and with 2 processes (the same global batch)."""
+    """replay, er and mixcd, each with 1 and with 2 processes (the same global batch)."""
     root = tmp_path_factory.mktemp("ddp")
     out = {}
-    for strategy in ("replay", "er"):
+    for strategy in STORE:
         for devices in (1, 2):
             run_dir = root / f"{strategy}{devices}"
             res = _run(_cmd(strategy, devices, run_dir))
@@ -69,7 +69,7 @@ def runs(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("strategy", ["replay", "er"])
+@pytest.mark.parametrize("strategy", list(STORE))
 def test_two_processes_match_one(runs, strategy):
     """Same global batch: each rank trains on half of it and DDP averages the gradients, so the weights equal
     the single-process weights to float rounding and the accuracy matrix is the same; the memory (filled at
@@ -82,10 +82,12 @@ def test_two_processes_match_one(runs, strategy):
     store1, store2 = c1["extra"]["stores"][STORE[strategy]], c2["extra"]["stores"][STORE[strategy]]
     assert torch.equal(store1["data"]["ids"], store2["data"]["ids"]) and len(store1["data"]["ids"]) == 40
     assert torch.equal(store1["data"]["x"], store2["data"]["x"])
+    for key, value in store1["extra"].items():  # DER++'s logits, mix-cd's observed correctness / loss / groups
+        torch.testing.assert_close(store2["extra"][key], value, atol=1e-5, rtol=0, msg=key)
     assert "distributed" not in m1  # one process: nothing to compare
 
 
-@pytest.mark.parametrize("strategy", ["replay", "er"])
+@pytest.mark.parametrize("strategy", list(STORE))
 def test_every_rank_purges_and_agrees_after_every_event(runs, strategy):
     """After each of the 6 events both ranks held the same weights and the same store (the runner compares
     digests and stops otherwise); the forgotten class is gone from the memory on every rank."""

@@ -30,6 +30,7 @@ BEFORE = {
     "icarl": (0.1, "sgd", 0.0, 32), "joint": (0.01, "sgd", 0.0, 128), "l2": (0.01, "sgd", 0.0, 128),
     "lora_finetune": (0.005, "adam", 0.0, 64), "lora_joint": (0.005, "adam", 0.0, 64),
     "lora_refine": (0.005, "adam", 0.0, 64), "lwf": (0.01, "sgd", 0.0, 128), "mas": (0.01, "sgd", 0.0, 128),
+    "mixcd": (0.01, "sgd", 0.0, 128),
     "naive": (0.01, "sgd", 0.0, 128), "replay": (0.01, "sgd", 0.0, 128), "si": (0.01, "sgd", 0.0, 128),
 }  # fmt: skip
 NO_OPTIMISER = {"nmc"}  # no gradient steps: only batch_size (feature extraction), no optimiser block
