@@ -112,6 +112,8 @@ class CausalLM(Backbone):
         hidden_size, layers, heads, intermediate_size (default 4 x hidden), dropout, tie_embeddings: sizes.
         lora_rank: > 0 adds LoRA adapters (peft) of this rank and freezes the base weights.
         lora_alpha, lora_dropout, lora_targets: LoRA settings (targets default to the attention q / v projections).
+        lora_rslora: rank-stabilised scaling ``lora_alpha / sqrt(rank)`` instead of ``lora_alpha / rank`` (peft's
+            ``use_rslora``; Kalajdzievski 2023), so that higher ranks learn as fast as lower ones.
         gradient_checkpointing: trade compute for activation memory (real checkpoints).
     """
 
@@ -134,6 +136,7 @@ class CausalLM(Backbone):
         lora_alpha: float = 16.0,
         lora_dropout: float = 0.0,
         lora_targets: list[str] | None = None,
+        lora_rslora: bool = False,
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
@@ -182,7 +185,13 @@ class CausalLM(Backbone):
             targets = list(lora_targets) if lora_targets else DEFAULT_LORA_TARGETS.get(architecture)
             if not targets:
                 raise ConfigError("backbone.lora_targets", lora_targets, hint=f"no default for {architecture}")
-            lora = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets)
+            lora = LoraConfig(
+                r=lora_rank,
+                lora_alpha=lora_alpha,
+                lora_dropout=lora_dropout,
+                target_modules=targets,
+                use_rslora=lora_rslora,
+            )
             try:
                 model = get_peft_model(model, lora)
             except ValueError as err:
