@@ -135,6 +135,21 @@ def shard(batch: Any) -> Any:
     return batch
 
 
+def sync_buffers(module) -> None:
+    """Rank 0's module buffers (BatchNorm running statistics, computed from each rank's shard) on every rank,
+    as DDP itself broadcasts them before each forward pass: after training, the ranks' models are identical."""
+    if active():
+        import torch
+
+        for buf in module.buffers():
+            if buf.dtype == torch.bool:  # gloo has no bool: as bytes
+                carrier = buf.data.to(torch.uint8)
+                _group().broadcast(carrier, src=0)
+                buf.data.copy_(carrier.bool())
+            else:
+                _group().broadcast(buf.data, src=0)
+
+
 def mean(value: float) -> float:
     """The mean over ranks of a float (the logged training loss of the global batch)."""
     if not active():

@@ -402,6 +402,7 @@ def _fit_fabric(strategy, loader, opts, bar, logger, step_offset) -> int:
         strategy.on_train_epoch_end()
         epoch += 1
     _keep_optimizer_state(strategy, optimizer)
+    distributed.sync_buffers(strategy)  # BatchNorm statistics of rank 0's shards, on every rank
     if loss is not None:
         strategy.finite_loss(loss.new_tensor(distributed.mean(float(loss))), step)
     progress(None, None)

@@ -169,3 +169,16 @@ def test_ddp_on_one_device_is_one_process(tmp_path):
     res = _run(_cmd("replay", 1, run_dir, "trainer.strategy=ddp"))
     assert res.returncode == 0, res.stderr[-2000:]
     assert "distributed" not in json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_batchnorm_statistics_are_the_same_on_every_rank(tmp_path):
+    """BatchNorm's running statistics come from each rank's shard; after training rank 0's are broadcast (as DDP
+    does before every forward), so the ranks' models stay identical and the rank check passes."""
+    run_dir = tmp_path / "bn"
+    overrides = ["scenario=split_digits", "backbone=cnn", "backbone.channels=[8,16]", "strategy=replay"]
+    cmd = [sys.executable, "-m", "clframe", "run", *overrides, "trainer.max_epochs=1", "trainer.devices=2"]
+    res = _run([*cmd, *STREAM[-4:], f"run_dir={run_dir}"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics, ckpt = _load(run_dir)
+    assert len(metrics["distributed"]["rank_checks"]) == 5
+    assert any("running_mean" in k for k in ckpt["model"])
