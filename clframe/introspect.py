@@ -13,7 +13,13 @@ ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.LeakyReLU, nn.ELU)
 
 def activation_layers(module: nn.Module) -> list[str]:
     """Names of the activation modules (ReLU, GELU, ...) in ``module``: the layers used for CKA and RepNoise."""
-    return [name for name, m in module.named_modules() if isinstance(m, ACTIVATIONS)]
+    return [name for name, m in module.named_modules() if is_activation(m)]
+
+
+def is_activation(m: nn.Module) -> bool:
+    """torch's activation modules, and Hugging Face's (``transformers.activations``: Llama's ``SiLUActivation``,
+    GPT-2's ``NewGELUActivation``), which are plain ``nn.Module`` subclasses."""
+    return isinstance(m, ACTIVATIONS) or type(m).__module__ == "transformers.activations"
 
 
 @contextmanager

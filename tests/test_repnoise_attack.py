@@ -225,11 +225,11 @@ def test_the_evaluator_attacks_copies_and_reports_every_piece(tiny):
         HarmfulAttackEvaluator(baselines=["retrained"])
 
 
-def test_the_preset_names_repnoise_layers_because_the_automatic_choice_finds_none(tiny):
-    """transformers >= 5 builds Llama's activation as ``SiLUActivation`` (not ``nn.SiLU``): the automatic layer choice
-    finds no layer, and RepNoise would run without its noise term and per-layer ascent. The preset names the layers;
-    when ``activation_layers`` learns these classes, this test says so (and the preset's list can go)."""
-    assert activation_layers(tiny.model.backbone) == []
+def test_repnoise_finds_the_language_models_activation_layers(tiny):
+    """transformers >= 5 builds Llama's activation as ``SiLUActivation`` (not ``nn.SiLU``); the automatic layer choice
+    knows Hugging Face's activation classes, so RepNoise keeps its noise term and per-layer ascent on an LM (before
+    it found no layer). The preset names the same layers explicitly."""
+    assert activation_layers(tiny.model.backbone) == [f"model.model.layers.{i}.mlp.act_fn" for i in range(2)]
     node = compose(["experiment=repnoise_attack_tiny"]).unlearning
     assert list(node.layers) == [f"model.model.layers.{i}.mlp.act_fn" for i in range(2)]
     u = UNLEARNERS.build({**node, "steps": 0})
