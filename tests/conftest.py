@@ -20,6 +20,18 @@ def require_data(name: str) -> None:
         pytest.skip(f"{name} not available: {err}")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one CPU thread is much faster than two on a busy machine (restored afterwards). A module
+    asks for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     """``make_cfg(*overrides)`` → a composed config writing to a fresh ``tmp_path`` sub-folder,

@@ -53,12 +53,7 @@ def overrides(name: str, unlearner: str | None) -> list[str]:
     return [*STREAM, f"strategy={name}", f"scenario.base.setting={setting_of(name)}", *extra, *FAST.get(name, [])]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("name,unlearner", pairs())

@@ -19,13 +19,7 @@ from clframe.stream import Experience, TensorData
 from clframe.unlearning.pieces import repnoise_mmd
 from clframe.unlearning.repnoise import RepNoise, pool_per_sample
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def numpy_mmd(x: np.ndarray, y: np.ndarray, mul: float = 2.0, num: int = 5) -> float:

@@ -24,13 +24,7 @@ FINETUNE_DROP = 0.1  # measured: fine-tuning on retain only drops forget accurac
 FAST_EVAL = "+evaluators=[{name: unlearning, relearn_max_steps: 30, max_eval: 200}]"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one CPU thread is much faster than two on a busy machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
