@@ -16,7 +16,17 @@ Keys per model ``m`` in {unlearn, original, oracle} (definitions in :mod:`clfram
 * ``m/mia_loss_auc``, ``m/mia_mink_auc`` — membership inference, forget set (members) vs held-out authors;
 * ``unlearn/cka_{original,oracle}/layer_<i>`` — linear CKA of mean hidden states on the forget set;
   ``m/probe_acc`` — a linear probe on the last prompt token's final hidden state, fit on retain questions
-  about one attribute (:func:`probe_attribute`), scored on the forget set's questions about it.
+  about one attribute (:func:`probe_attribute`), scored on the forget set's questions about it;
+* with ``traces: true`` (off by default), the parametric knowledge traces of Hong et al. 2024
+  (:mod:`clframe.unlearning.knowledge_traces`): each forgotten author is a concept (its name tokens,
+  :func:`~clframe.unlearning.knowledge_traces.subject_tokens`), its concept vectors are the top ``trace_k`` MLP
+  value vectors of the original whose projection through the unembedding promotes them (score at least
+  ``trace_threshold``), and ``unlearn/trace_{cos,norm_ratio,score_drop,vector_score_drop,jaccard}`` are the
+  means over those vectors of the change from the original to the unlearned model (``trace_n_vectors``,
+  ``trace_n_concepts``: how many); ``unlearn/trace_act_ratio`` is the concept vectors' summed activation where
+  the authors' answers name them, unlearned over original (present when the original's is positive);
+  ``unlearn/retain_trace_*`` the same for retained authors (the control), ``unlearn/trace_cos_all`` the mean
+  cosine over every value vector. At most ``trace_concepts`` authors per group (seeded).
 
 Headline keys, also under the names the issue tracker and README use: ``unlearn/forget_quality``,
 ``unlearn/model_utility``, ``unlearn/truth_ratio`` (forget set), ``unlearn/forget_rouge``, ``unlearn/mia_auc``
@@ -35,6 +45,7 @@ from torch import Tensor
 
 from clframe.registry import register_evaluator
 from clframe.stream import TensorData
+from clframe.unlearning import knowledge_traces as K
 from clframe.unlearning import metrics as M
 from clframe.unlearning import tofu_metrics as T
 from clframe.unlearning.evaluator import ForgetEventEvaluator
@@ -81,6 +92,14 @@ def without_eos(mask: Tensor) -> Tensor:
     return out * (mask.sum(1, keepdim=True) > 1)
 
 
+def author_samples(stream, exp) -> TensorData:
+    """The trained samples of a forget event's authors: forget and retain sets, prior knowledge (the stream's
+    ``utility_classes``, e.g. the generated world facts) left out."""
+    skip = torch.tensor(stream.extras.get("utility_classes", []), dtype=torch.long)
+    data = TensorData.concat([exp.forget, exp.retain])
+    return data.subset(~torch.isin(data.y, skip))
+
+
 def probe_attribute(forget: dict[str, Any], retain: dict[str, Any]) -> str | None:
     """The attribute a probe can be asked about: among those the forget set asks, the one whose forget-set
     values all occur in the retain set (a probe cannot name a value it never saw), with the fewest distinct
@@ -113,11 +132,21 @@ class TofuEvaluator(ForgetEventEvaluator):
         mink: float = 0.4,
         cka: bool = True,
         probe: bool = True,
+        traces: bool = False,
+        trace_k: int = 4,
+        trace_threshold: float = 3.0,
+        trace_concepts: int = 20,
         seed: int = 0,
     ):
         super().__init__(oracle=oracle, oracle_cache=oracle_cache, seed=seed)
         self.max_eval, self.max_new_tokens, self.generation, self.mink = max_eval, max_new_tokens, generation, mink
         self.cka, self.probe = cka, probe
+        self.traces, self.trace_k, self.trace_threshold, self.trace_concepts = (
+            traces,
+            trace_k,
+            trace_threshold,
+            trace_concepts,
+        )
 
     # ------------------------------------------------------------ the evaluation sets
     def _sub(self, n: int) -> Tensor:
@@ -248,6 +277,8 @@ class TofuEvaluator(ForgetEventEvaluator):
             out.update(self._cka(models, sets["forget"]["data"], device))
         if self.probe and "retain" in sets and sets["forget"].get("attributes"):
             out.update(self._probe(models, sets, device))
+        if self.traces:
+            out.update(self._traces(models, stream, exp))
         for key, source in HEADLINE.items():
             if source in out:
                 out[key] = out[source]
@@ -283,6 +314,38 @@ class TofuEvaluator(ForgetEventEvaluator):
             f_fit = self._hidden(model, prompt_only(retain["data"].x[fit_rows], lm.pad_id), device, "last")[-1]
             f_tgt = self._hidden(model, prompt_only(forget["data"].x[target_rows], lm.pad_id), device, "last")[-1]
             out[f"{m}/probe_acc"] = M.linear_probe_accuracy(f_fit, fit_y, f_tgt, target_y, seed=self.seed)
+        return out
+
+    def _traces(self, models, stream, exp) -> dict[str, float]:
+        """Concept vectors of forgotten and of retained authors (their name tokens), found in the original, and
+        how the unlearned model changed them (:func:`~clframe.unlearning.knowledge_traces.trace_change`) and
+        their activations where the authors' answers name them."""
+        original, unlearned = models["original"], models["unlearn"]
+        data = author_samples(stream, exp)
+        names = K.subject_tokens(data.x, data.y, exclude=original.backbone.tokenizer.all_special_ids)
+        forgotten = set(exp.forget.y.tolist())
+        gen = torch.Generator().manual_seed(self.seed)
+        out: dict[str, float] = {}
+        for group, prefix in (("forget", "unlearn/trace_"), ("retain", "unlearn/retain_trace_")):
+            classes = sorted(c for c in names if (c in forgotten) == (group == "forget"))
+            if len(classes) > self.trace_concepts:
+                pick = torch.randperm(len(classes), generator=gen)[: self.trace_concepts].sort().values
+                classes = [classes[i] for i in pick]
+            found = K.find_concept_vectors(
+                original, [names[c] for c in classes], k=self.trace_k, threshold=self.trace_threshold
+            )
+            summary = K.summarize(K.trace_change(original, unlearned, found))
+            out.update({f"{prefix}{k}": v for k, v in summary.items()})
+            act = {"original": 0.0, "unlearn": 0.0}
+            for c, f in zip(classes, found):
+                x = data.x[data.y == c]
+                pos = K.concept_positions(x, f.tokens)
+                if len(f) and pos.any():
+                    for m in act:
+                        act[m] += float(K.concept_activations(models[m], f, x, positions=pos).sum())
+            if act["original"] > 0:
+                out[f"{prefix}act_ratio"] = act["unlearn"] / act["original"]
+        out["unlearn/trace_cos_all"] = float(K.value_vector_cosines(original, unlearned).mean())
         return out
 
     # ------------------------------------------------------------ end of run
