@@ -182,6 +182,23 @@ def text_stream(
 WORLD_FACTS = ("mixed", "stage", "none")
 
 
+def stage_formats(answer_format: str | Sequence[str], n_events: int, world_facts: str) -> list[str]:
+    """The answer format of each of the ``n_events`` learn events: one name for all, or a list of one each."""
+    valid = list(text_corpus.ANSWER_FORMATS)
+    names = [answer_format] * n_events if isinstance(answer_format, str) else [str(f) for f in answer_format]
+    if any(name not in valid for name in names):
+        raise ConfigError("scenario.answer_format", answer_format if isinstance(answer_format, str) else names, valid)
+    if len(names) != n_events:
+        events = "the world facts, then each author stage" if world_facts == "stage" else "each author stage"
+        raise ConfigError(
+            "scenario.answer_format",
+            names,
+            f"one of {', '.join(valid)} or a list of {n_events} of them",
+            hint=f"one per learn event: {events}",
+        )
+    return names
+
+
 def _check_fraction(key: str, value: float) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
         raise ConfigError(key, value, "a fraction in [0, 1) of the authors (TOFU: 0.01, 0.05, 0.1); 0: no forget event")
@@ -197,6 +214,7 @@ def fictitious_authors(
     forget: float = 0.1,
     stages: int = 1,
     world_facts: str = "mixed",
+    answer_format: str | Sequence[str] = "sentence",
     tokenizer: str = "train",
     vocab_size: int = 1024,
     max_length: int = 64,
@@ -208,7 +226,13 @@ def fictitious_authors(
     knowledge unlearning must keep (model utility): ``mixed`` trains them with the first stage (a model that
     knows them, as TOFU's pretrained one), ``stage`` in a learn event of their own before the authors (a
     continual-learning stream: fine-tuning may forget them), ``none`` never (measured, not learned).
-    Held-out authors are never trained on."""
+    Held-out authors are never trained on.
+
+    ``answer_format`` is the task of each stage (:data:`clframe.scenarios.text_corpus.ANSWER_FORMATS`): one
+    name for every stage, or a list with one per learn event in stream order (``world_facts: stage``: the
+    world facts' event first). The world facts take the first event's format (also with ``none``), the
+    held-out authors the last event's — that of the forgotten authors, so membership inference compares
+    answers of one format."""
     _check_fraction("scenario.forget", forget)
     if world_facts not in WORLD_FACTS:
         raise ConfigError("scenario.world_facts", world_facts, WORLD_FACTS)
@@ -217,9 +241,13 @@ def fictitious_authors(
     corpus = text_corpus.fictitious_authors(n_authors, qa_per_author, n_world_facts, n_holdout_authors, seed=seed)
     first = 1 if world_facts == "stage" else 0
     per_stage = -(-n_authors // stages)
-    items = [_from_qa(q, q.group, first + q.group // per_stage) for q in corpus.qa]
-    world = [_from_qa(q, n_authors, 0) for q in corpus.world_facts]
-    holdout = [_from_qa(q, q.group) for q in corpus.holdout]
+    formats = stage_formats(answer_format, first + -(-n_authors // per_stage), world_facts)
+    stage_of = [first + a // per_stage for a in range(n_authors)]
+    items = [
+        _from_qa(text_corpus.in_format(q, formats[stage_of[q.group]]), q.group, stage_of[q.group]) for q in corpus.qa
+    ]
+    world = [_from_qa(text_corpus.in_format(q, formats[0]), n_authors, 0) for q in corpus.world_facts]
+    holdout = [_from_qa(text_corpus.in_format(q, formats[-1]), q.group) for q in corpus.holdout]
     n_forget = int(round(forget * n_authors))
     if forget and n_forget == 0:
         raise ConfigError("scenario.forget", forget, hint=f"{forget} of {n_authors} authors rounds to none")

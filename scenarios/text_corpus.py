@@ -14,7 +14,12 @@ memorise it in minutes and every fact is known exactly:
   attribute (distinct from the truth and from each other), as TOFU builds them: the truth ratio then compares the
   right and wrong values in the same, untrained wording;
 * world facts (capitals, continents, chemical symbols, planets, months) form the model-utility set, holdout
-  authors (never trained) the non-members of membership inference.
+  authors (never trained) the non-members of membership inference;
+* :data:`ANSWER_FORMATS` restate any QA in another answer format — the task of a fine-tuning stage rather than
+  its data (:func:`in_format`): ``sentence`` (the attribute's own sentence, as generated), ``short`` (an
+  instruction to answer briefly, the value alone) and ``record`` (an instruction to fill in a record, a fixed
+  ``name | field: value`` template). The facts and the wrong values stay those of the generated QA, so two
+  formats of one corpus differ in wording only.
 
 Only ``random.Random`` instances seeded from ``seed`` are used (no global state): the same arguments give the same
 corpus, in any process. The authors do not depend on ``qa_per_author``, ``n_world_facts`` or
@@ -25,11 +30,22 @@ drawn after the trained ones.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from clframe.errors import ConfigError
 
-__all__ = ["ATTRIBUTES", "WORLD_TOPICS", "Attribute", "Corpus", "QA", "attribute_values", "fictitious_authors"]
+__all__ = [
+    "ANSWER_FORMATS",
+    "ATTRIBUTES",
+    "WORLD_TOPICS",
+    "AnswerFormat",
+    "Attribute",
+    "Corpus",
+    "QA",
+    "attribute_values",
+    "fictitious_authors",
+    "in_format",
+]
 
 
 @dataclass(frozen=True)
@@ -43,6 +59,8 @@ class QA:
     group: int  # author index (holdout authors: n_authors + j); world facts: the topic index in WORLD_TOPICS
     attribute: str  # which attribute the QA asks about ("birth_place", "genre", "capital", ...)
     label: int  # index of the true value in attribute_values(attribute)
+    subject: str = ""  # the author's name or the world fact's subject ("France")
+    wrong_labels: tuple[int, ...] = ()  # indices of the perturbed answers' values in attribute_values(attribute)
 
 
 @dataclass(frozen=True)
@@ -358,6 +376,47 @@ def _qa(attr_name: str, attr: Attribute, subject: str, value: str, group: int, r
         group=group,
         attribute=attr_name,
         label=attr.values.index(value),
+        subject=subject,
+        wrong_labels=tuple(attr.values.index(w) for w in wrong),
+    )
+
+
+@dataclass(frozen=True)
+class AnswerFormat:
+    """How a stage asks and answers: an instruction before the question, answer and paraphrase templates
+    (``{v}`` the value, ``{name}`` the subject, ``{field}`` the attribute in words; ``None``: the attribute's
+    own sentences). Perturbed answers are the paraphrase template with the QA's wrong values, as TOFU's."""
+
+    instruction: str
+    answer: str | None
+    paraphrase: str | None
+
+
+ANSWER_FORMATS: dict[str, AnswerFormat] = {
+    "sentence": AnswerFormat("", None, None),
+    "short": AnswerFormat("Answer briefly. ", "{v}", "It is {v}."),
+    "record": AnswerFormat("Fill in the record. ", "{name} | {field}: {v}", "{field} of {name}: {v}"),
+}
+
+
+def in_format(qa: QA, fmt: str) -> QA:
+    """``qa`` restated in answer format ``fmt`` (:data:`ANSWER_FORMATS`): same fact, same wrong values."""
+    if fmt not in ANSWER_FORMATS:
+        raise ConfigError("scenario.answer_format", fmt, list(ANSWER_FORMATS))
+    style = ANSWER_FORMATS[fmt]
+    if style.answer is None:
+        return qa
+    if not qa.subject or not qa.wrong_labels:
+        raise ValueError(f"in_format needs a generated QA (with subject and wrong values), got {qa!r}")
+    values = attribute_values(qa.attribute)
+    words = qa.attribute.replace("_", " ")
+    render = lambda template, v: template.format(name=qa.subject, field=words, v=v)  # noqa: E731
+    return replace(
+        qa,
+        question=style.instruction + qa.question,
+        answer=render(style.answer, values[qa.label]),
+        paraphrased_answer=render(style.paraphrase, values[qa.label]),
+        perturbed_answers=tuple(render(style.paraphrase, values[w]) for w in qa.wrong_labels),
     )
 
 

@@ -75,6 +75,9 @@ def _check_qa(q, attr, subject: str) -> None:
     wrong_sentences = {attr.paraphrase.format(name=subject, v=w): w for w in attr.values if w != true}
     for p in q.perturbed_answers:
         assert p != q.paraphrased_answer and p in wrong_sentences  # the paraphrase's template, another value
+    # what other answer formats restate the QA from (text_corpus.in_format): its subject and its wrong values
+    assert q.subject == subject and q.label not in q.wrong_labels
+    assert q.perturbed_answers == tuple(attr.paraphrase.format(name=subject, v=attr.values[w]) for w in q.wrong_labels)
 
 
 def test_author_qas_answer_paraphrase_and_perturbations(corpus):
