@@ -7,10 +7,15 @@ pretrained model that already saw the stream's data makes continual-learning num
 (the "information leakage" that DESIRE and the NMC baseline paper point out). Overlap is an error
 unless ``pretrain.allow_overlap=true``, and is then recorded in ``metrics.json["pretrain"]``.
 
+Disk-backed data sets (``imagefolder``) are never read whole: the pretraining subset stays lazy, training
+reads it batch by batch and the content hashes of the leakage check are computed :data:`HASH_CHUNK` rows at a
+time. The class check compares pretraining and stream classes when both name the same data set by name; a
+data set given as a mapping (``{name: imagefolder, path: ...}``) is checked by content only.
+
 Config node (every key optional except ``dataset`` or ``path``)::
 
     pretrain:
-      dataset: mnist        # registered data set (clframe.data), train split
+      dataset: mnist        # registered data set (clframe.data), train split; or {name: imagefolder, path: ...}
       classes: [0, 1, 2, 3, 4]   # class subset (null = all classes of the data set)
       max_samples: null     # seeded random subset of that, for CPU budgets
       epochs: 1
@@ -40,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clframe.data import dataset_names, load_dataset
+from clframe.data import dataset_names, lazy_subset, load_dataset
 from clframe.errors import ConfigError
 from clframe.fit import Engine
 from clframe.io import atomic_torch_save
@@ -64,12 +69,20 @@ KEYS = {
     "allow_overlap": False,
 }
 SAVED_NAME = "checkpoints/pretrained_backbone.pt"
+HASH_CHUNK = 1024  # rows read at a time by the leakage check
 
 
-def sample_hashes(data: TensorData) -> set[int]:
-    """64-bit content hashes of the inputs (exact duplicates collide; different images do not)."""
-    rows = data.x.detach().cpu().contiguous().numpy().reshape(len(data), -1)
-    return {int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little", signed=True) for r in rows}
+def sample_hashes(data: TensorData, chunk: int | None = None) -> set[int]:
+    """64-bit content hashes of the inputs (exact duplicates collide; different images do not), computed
+    ``chunk`` rows at a time: a disk-backed data set (:class:`~clframe.stream.LazyRows`) is read batch by batch,
+    never whole (``chunk``: :data:`HASH_CHUNK` rows unless given)."""
+    chunk = chunk or HASH_CHUNK
+    hashes: set[int] = set()
+    for start in range(0, len(data), chunk):
+        rows = data.x[start : start + chunk].detach().cpu().contiguous().numpy()
+        digest = (hashlib.blake2b(r.tobytes(), digest_size=8).digest() for r in rows.reshape(len(rows), -1))
+        hashes.update(int.from_bytes(d, "little", signed=True) for d in digest)
+    return hashes
 
 
 def stream_dataset(stream: Stream) -> str | None:
@@ -131,10 +144,10 @@ def pretraining_data(node: Mapping[str, Any], seed: int) -> tuple[TensorData, li
     unknown = sorted(set(classes) - set(train.classes()))
     if unknown or not classes:
         raise ConfigError("pretrain.classes", node["classes"], train.classes(), hint=f"unknown classes {unknown}")
-    data = train.subset(torch.isin(train.y, torch.as_tensor(classes)))
+    data = lazy_subset(train, torch.isin(train.y, torch.as_tensor(classes)))  # disk-backed data stays on disk
     if node["max_samples"]:
         idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[: int(node["max_samples"])]
-        data = data.subset(idx.sort().values)
+        data = lazy_subset(data, idx.sort().values)
     return data, classes
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
+from typing import Any
 
 import torch
 
-from clframe.data import input_shape, load_dataset
+from clframe.data import dataset_name, input_shape, load_dataset
 from clframe.errors import ConfigError
 from clframe.registry import register_scenario
 from clframe.stream import Experience, LazyRows, Stream, TensorData
@@ -29,7 +31,7 @@ def permute_pixels(data: TensorData, perm: torch.Tensor, task: int) -> TensorDat
 @register_scenario("permuted")
 def permuted(
     *,
-    dataset: str = "mnist",
+    dataset: str | Mapping[str, Any] = "mnist",
     n_experiences: int = 10,
     first_identity: bool = True,
     setting: str = "domain",
@@ -38,7 +40,8 @@ def permuted(
     """Permuted MNIST (Goodfellow et al. 2013; Kirkpatrick et al. 2017): same 10 classes, new
     pixel permutation per experience (the first one unpermuted if ``first_identity``).
     ``setting="task"`` adds task ids (multi-head over the same classes is then just a task label).
-    Permuted inputs are computed per batch, so memory does not grow with ``n_experiences``."""
+    Permuted inputs are computed per batch, so memory does not grow with ``n_experiences``.
+    ``dataset``: a registered name or ``{name: ..., <option>: ...}`` (e.g. ``{name: imagefolder, path: ...}``)."""
     if n_experiences <= 0:
         raise ConfigError("scenario.n_experiences", n_experiences, "a positive integer")
     if setting not in ("domain", "task"):
@@ -56,4 +59,6 @@ def permuted(
             )
         )
     classes = len(train.classes())
-    return Stream(f"permuted_{dataset}", exps, n_classes=classes, input_shape=input_shape(train), setting=setting)
+    return Stream(
+        f"permuted_{dataset_name(dataset)}", exps, n_classes=classes, input_shape=input_shape(train), setting=setting
+    )

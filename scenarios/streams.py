@@ -9,14 +9,15 @@ Class orders come from ``class_order`` or a seeded permutation (``shuffle_classe
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from clframe.data import input_shape, load_dataset
+from clframe.data import dataset_name, input_shape, lazy_subset, load_dataset
 from clframe.data.cifar import augment as cifar_augment
 from clframe.errors import ConfigError
 from clframe.registry import register_scenario
@@ -64,7 +65,7 @@ def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
 @register_scenario("rotated")
 def rotated(
     *,
-    dataset: str = "mnist",
+    dataset: str | Mapping[str, Any] = "mnist",
     n_experiences: int = 20,
     angles: Sequence[float] | None = None,
     max_angle: float = 180.0,
@@ -78,7 +79,8 @@ def rotated(
     ``null`` = all) and is tested on the whole rotated test set.
     Rotated images are computed when first used (:class:`LazyRows`) and kept while the stream's
     rotated copies fit in ``cache_mb`` MB; the rest are rotated again per batch on every use
-    (memory bounded by ``cache_mb`` whatever ``n_experiences``, at the cost of rotations)."""
+    (memory bounded by ``cache_mb`` whatever ``n_experiences``, at the cost of rotations).
+    ``dataset``: a registered name or ``{name: ..., <option>: ...}`` (e.g. ``{name: imagefolder, path: ...}``)."""
     if angles is None:
         if n_experiences <= 0:
             raise ConfigError("scenario.n_experiences", n_experiences, "a positive integer")
@@ -103,13 +105,13 @@ def rotated(
                 name=f"rot_{deg:.0f}",
             )
         )
-    return Stream(f"rotated_{dataset}", exps, len(train.classes()), input_shape(train), setting="domain")
+    return Stream(f"rotated_{dataset_name(dataset)}", exps, len(train.classes()), input_shape(train), setting="domain")
 
 
 @register_scenario("blurry")
 def blurry(
     *,
-    dataset: str = "mnist",
+    dataset: str | Mapping[str, Any] = "mnist",
     n_experiences: int = 5,
     blurry_percent: float = 10.0,
     class_order: Sequence[int] | None = None,
@@ -120,7 +122,8 @@ def blurry(
     """Class-IL with blurry boundaries (Aljundi et al. 2019; Bang et al. 2021, "Blurry-M"): each
     experience has its *major* classes, but ``blurry_percent`` % of every experience's training
     samples are moved to other (random) experiences, so a class shows up before and after "its"
-    experience. Tests are per major classes; ``Experience.classes`` lists every class present."""
+    experience. Tests are per major classes; ``Experience.classes`` lists every class present.
+    ``dataset``: a registered name or ``{name: ..., <option>: ...}``; disk-backed inputs stay lazy."""
     if not 0 <= blurry_percent < 100:
         raise ConfigError("scenario.blurry_percent", blurry_percent, "a percentage in [0, 100)")
     train, test = load_dataset(dataset)
@@ -139,7 +142,7 @@ def blurry(
     home[moved] = (home[moved] + shift[moved]) % n_experiences
     exps = []
     for i in range(n_experiences):
-        tr = train.subset(home == i)
-        te = test.subset(major[test.y] == i)
+        tr = lazy_subset(train, home == i)
+        te = lazy_subset(test, major[test.y] == i)
         exps.append(Experience(i, "learn", tr, te, tr.classes(), name=f"blurry_{i}"))
-    return Stream(f"blurry_{dataset}", exps, len(order), input_shape(train), setting="class")
+    return Stream(f"blurry_{dataset_name(dataset)}", exps, len(order), input_shape(train), setting="class")

@@ -434,3 +434,30 @@ def test_split_scenario_trains_on_an_imagefolder_tree(root, tmp_path, decodes):
     assert res["status"] == "complete" and res["scenario"] == "split_imagefolder"
     assert np.asarray(res["accuracy_matrix"]).shape == (3, 3)
     assert len(decodes) - before >= 12  # the 12 training images (1 epoch) were decoded from disk at least once
+
+
+def test_joint_reads_an_imagefolder_stream_batch_by_batch(root, tmp_path, monkeypatch):
+    """Joint's union of every experience so far stays on disk: its loader decodes at most a batch of images at
+    a time, and yields the batches of a loader over the same union held in memory."""
+    from clframe.registry import BACKBONES, STRATEGIES
+    from clframe.stream import TensorData
+
+    write_tree(tmp_path / "tree", per_class=(10, 2))  # 3 classes x 10 training images
+    stream = SCENARIOS.build({"name": "split", "dataset": {"name": "imagefolder", "path": str(tmp_path / "tree")},
+                              "n_experiences": 3}, seed=0)  # fmt: skip
+    rows: list[int] = []
+    decode = formats.ImageFiles.__call__
+    monkeypatch.setattr(formats.ImageFiles, "__call__", lambda self, r: rows.append(len(r)) or decode(self, r))
+    backbone = BACKBONES.build({"name": "mlp", "hidden": [8]}, input_shape=stream.input_shape)
+    joint = STRATEGIES.build({"name": "joint", "batch_size": 4}, backbone=backbone, n_classes=3, setting="class")
+    for exp in stream.experiences[:2]:
+        joint.after_experience(exp)
+    loader = joint.train_dataloader_for(stream.experiences[2])
+    assert isinstance(loader.data.x, LazyRows) and len(loader.data) == 30
+    rows.clear()
+    batches = list(loader)
+    assert max(rows) <= 4 and sum(rows) == 30  # one epoch: every image decoded once, four at most at a time
+    union = TensorData.concat([e.train for e in stream.experiences])  # the reference: everything decoded
+    reference = TensorLoader(union, 4, seed=joint.seed)
+    for got, want in zip(batches, reference, strict=True):
+        assert torch.equal(got["ids"], want["ids"]) and torch.equal(got["x"], want["x"])

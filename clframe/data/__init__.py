@@ -161,6 +161,41 @@ def lazy_subset(data: TensorData, index: Tensor) -> TensorData:
     return TensorData(x, data.y[index], data.ids[index], data.task[index])
 
 
+class ConcatRows:
+    """``LazyRows`` function over the inputs of several parts: global rows -> each part's rows, read part by part
+    (a lazy part decodes only the rows asked for); the rows of ``torch.cat`` of the parts, in the same order."""
+
+    __name__ = "concat_rows"
+
+    def __init__(self, xs: list[Tensor | LazyRows]):
+        self.xs = xs
+        self.ends = torch.tensor([len(x) for x in xs]).cumsum(0)
+
+    def __call__(self, rows: Tensor) -> Tensor:
+        rows = rows.reshape(-1)
+        part = torch.bucketize(rows, self.ends, right=True)
+        out = None
+        for k in part.unique().tolist():
+            where = (part == k).nonzero().squeeze(1)
+            values = self.xs[k][rows[where] - (self.ends[k - 1] if k else 0)]
+            if out is None:
+                out = values.new_empty((len(rows), *values.shape[1:]))
+            out[where] = values
+        return self.xs[0][rows[:0]] if out is None else out
+
+
+def lazy_concat(parts: list[TensorData]) -> TensorData:
+    """``TensorData.concat(parts)``, except that when a part's inputs are a :class:`LazyRows` (a disk-backed data
+    set) the result's are too: a :class:`ConcatRows` that reads the rows indexed from their parts, so nothing is
+    materialised (labels, ids and task ids, small, are concatenated)."""
+    parts = [p for p in parts if p is not None and len(p)]
+    if not any(isinstance(p.x, LazyRows) for p in parts):
+        return TensorData.concat(parts)
+    n = sum(len(p) for p in parts)
+    x = LazyRows(torch.arange(n), ConcatRows([p.x for p in parts]))
+    return TensorData(x, *(torch.cat([getattr(p, f) for p in parts]) for f in ("y", "ids", "task")))
+
+
 def input_shape(data: TensorData) -> tuple[int, ...]:
     return tuple(data.x.shape[1:])
 

@@ -35,6 +35,7 @@ batched tensor ops on the batch's device) is applied per batch via ``Experience.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import os
 import pickle
@@ -67,13 +68,16 @@ STD100 = (0.2673, 0.2564, 0.2762)
 _DONE = ".complete"
 
 
-def cache_dir() -> Path:
-    """Where the extracted folder and tensor file live: the data root if writable, else
-    ``$CLFRAME_CACHE_DIR`` or ``~/.cache/clframe``."""
-    root = data_root()
+def cache_dir(archive_dir: Path | None = None) -> Path:
+    """Where the extracted folder and tensor file live: the folder of the archive (default: the data root)
+    if writable, else ``$CLFRAME_CACHE_DIR`` or ``~/.cache/clframe`` (in a subfolder named after the archive's
+    folder when that is not the data root, so two archives never share a cache)."""
+    root = data_root() if archive_dir is None else Path(archive_dir)
     if root.is_dir() and _writable(root):
         return root
     fallback = Path(os.environ.get("CLFRAME_CACHE_DIR") or "~/.cache/clframe").expanduser()
+    if root != data_root():
+        fallback = fallback / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
     log.warning("data root %s is read-only; caching CIFAR-10 in %s (set CLFRAME_CACHE_DIR to change)", root, fallback)
     return fallback
 
@@ -167,12 +171,13 @@ def decode_folder(folder: Path) -> dict[str, Tensor]:
     return out
 
 
-def prepare(root: Path | None = None) -> tuple[Path, dict[str, float]]:
-    """Make sure the extracted folder and the tensor file exist; returns the tensor file's path
-    and the seconds spent ``{"extract_s", "decode_s"}`` (0 when cached)."""
-    archive = data_root() / ARCHIVE
+def prepare(root: Path | None = None, archive: Path | None = None) -> tuple[Path, dict[str, float]]:
+    """Make sure the extracted folder and the tensor file of ``archive`` (default: the data root's) exist in
+    ``root`` (default: :func:`cache_dir`); returns the tensor file's path and the seconds spent
+    ``{"extract_s", "decode_s"}`` (0 when cached)."""
+    archive = data_root() / ARCHIVE if archive is None else Path(archive)
     require_files(archive, dataset="CIFAR-10")
-    folder = (root or cache_dir()) / FOLDER
+    folder = (root or cache_dir(archive.parent)) / FOLDER
     times = {"extract_s": 0.0, "decode_s": 0.0}
     if not (folder / TENSORS).is_file():
         t0 = time.perf_counter()
@@ -232,10 +237,11 @@ def read_tensors(path: Path) -> dict:
     return data
 
 
-def load_tensors(root: Path | None = None) -> dict:
-    """The decoded uint8 tensors (:func:`prepare` + :func:`read_tensors`). A corrupt cache file is
-    rebuilt once, after a warning; if the rebuilt one is unreadable too, the :class:`DataError` stands."""
-    path, _ = prepare(root)
+def load_tensors(root: Path | None = None, archive: Path | None = None) -> dict:
+    """The decoded uint8 tensors (:func:`prepare` + :func:`read_tensors`) of ``archive`` (default: the data
+    root's). A corrupt cache file is rebuilt once, after a warning; if the rebuilt one is unreadable too, the
+    :class:`DataError` stands."""
+    path, _ = prepare(root, archive)
     try:
         return read_tensors(path)
     except DataError as err:
@@ -244,7 +250,7 @@ def load_tensors(root: Path | None = None) -> dict:
             path.unlink(missing_ok=True)
         except OSError:
             raise err from None
-        path, _ = prepare(root)
+        path, _ = prepare(root, archive)
         return read_tensors(path)
 
 
