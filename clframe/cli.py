@@ -125,6 +125,9 @@ def _list(argv: list[str]) -> int:
     from clframe.config import config_dir
     from clframe.registry import scan_registrations
 
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: clframe list [PATTERN]   registered parts and config files whose name matches PATTERN (glob)")
+        return 0
     pattern = argv[0] if argv else "*"
     for kind, items in scan_registrations(pattern).items():
         if not items:

@@ -155,7 +155,7 @@ def insert_requests(
             removed = sorted({c for d in learned for c in d.classes()} - still)
             retain = apply_budget(TensorData.concat(kept), retain_budget, gen) if kept else None
             test = TensorData.concat([e.test for e in events if e.kind == "learn"])
-            name = f"forget_{req['type']}_{i}"
+            name = event_name(req, i, {e.name for e in events})
             events.append(
                 Experience(
                     len(events),
@@ -196,3 +196,18 @@ def unlearning(
     requests = [dict(r) for r in requests]
     events = insert_requests(learn, requests, retain_budget=retain_budget, seed=seed)
     return Stream(f"{name}_unlearning", events, stream.n_classes, stream.input_shape, stream.setting, stream.extras)
+
+
+def event_name(req: dict, index: int, taken: set[str]) -> str:
+    """A forget event's name says what it forgets: ``forget_class_1``, ``forget_classes_1_3``,
+    ``forget_30pct_exp1`` (``_<index>`` appended if two requests would share a name)."""
+    kind = req.get("type")
+    if kind == "class" and req.get("classes") is not None:
+        classes = list(req["classes"])
+        name = f"forget_class{'es' if len(classes) > 1 else ''}_" + "_".join(str(c) for c in classes)
+    elif kind == "fraction" and req.get("fraction") is not None:
+        where = f"_exp{req['experience']}" if req.get("experience") is not None else ""
+        name = f"forget_{100 * float(req['fraction']):g}pct{where}"
+    else:
+        name = f"forget_{kind}_{index}"
+    return name if name not in taken else f"{name}_{index}"

@@ -79,3 +79,25 @@ def test_bad_requests_have_clear_errors(request_, match):
 def test_forgetting_a_class_twice_is_an_empty_request():
     with pytest.raises(ConfigError, match="classes"):
         build([{"after": 1, "type": "class", "classes": [1]}, {"after": 2, "type": "class", "classes": [1]}])
+
+
+def test_forget_events_are_named_after_what_they_forget():
+    """``forget_class_1`` forgets class 1 (it used to be ``forget_class_0``: the request's index)."""
+    base = {"name": "split", "dataset": "blobs", "setting": "class", "n_experiences": 5}
+    requests = [
+        {"after": 1, "type": "class", "classes": [1]},
+        {"after": 2, "type": "fraction", "experience": 1, "fraction": 0.3},
+        {"after": 3, "type": "class", "classes": [0, 4]},
+    ]
+    stream = SCENARIOS.build({"name": "unlearning", "base": base, "requests": requests}, seed=0)
+    forget = [e for e in stream.experiences if e.kind == "forget"]
+    assert [e.name for e in forget] == ["forget_class_1", "forget_30pct_exp1", "forget_classes_0_4"]
+    assert forget[0].removed_classes == [1]
+
+
+def test_list_help_prints_usage(capsys):
+    from clframe.cli import main
+
+    assert main(["list", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: clframe list") and "strategy:" not in out
