@@ -205,7 +205,12 @@ def _worker(argv: list[str]) -> int:
     from clframe.runner import run
 
     run(OmegaConf.load(argv[0]))
-    return 0
+    import torch.distributed as dist  # leave the group, then exit without C++ teardown (gloo threads can abort)
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)
 
 
 COMMANDS = {"run": _run, "list": _list, "plot": _plot, "compare": _compare, "report": _report}

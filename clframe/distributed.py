@@ -135,6 +135,13 @@ def shard(batch: Any) -> Any:
     return batch
 
 
+def leave() -> None:
+    """Leave the process group (end of a run): no collective may follow."""
+    group = _group()
+    if group is not None:
+        group.destroy_process_group()
+
+
 def sync_buffers(module) -> None:
     """Rank 0's module buffers (BatchNorm running statistics, computed from each rank's shard) on every rank,
     as DDP itself broadcasts them before each forward pass: after training, the ranks' models are identical."""
@@ -288,6 +295,7 @@ def processes(n: int, config_yaml: str) -> Iterator[None]:
                 child.kill()
             raise
         finally:
+            leave()
             codes = [child.wait() for child in children]
             for key in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "RANK", "LOCAL_RANK", LOCAL_ENV):
                 os.environ.pop(key, None)
