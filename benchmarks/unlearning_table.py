@@ -144,6 +144,17 @@ def unlearn_copy(cfg, stream, learned, evaluator, exp) -> dict:
     return copy.copy(evaluator).after_event(model, stream, exp, eval_device(cfg))
 
 
+def cached_unlearn_copy(done: Path, cfg, stream, learned, evaluator, exp) -> dict:
+    """:func:`unlearn_copy`, its result kept in ``done`` (JSON): a rerun of a benchmark skips finished methods."""
+    from clframe.io import atomic_write_text
+
+    if done.is_file():
+        return json.loads(done.read_text())
+    e = unlearn_copy(cfg, stream, learned, evaluator, exp)
+    atomic_write_text(done, json.dumps(e))
+    return e
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="digits", choices=sorted(PROTOCOLS))
@@ -194,13 +205,10 @@ def main(argv=None) -> None:
         print(f"{args.dataset} {req}: learned in {time.perf_counter() - t0:.0f}s", flush=True)
         rows, curves, oracle, original = {}, {}, None, None
         for method in args.methods:
-            done = out / "runs" / f"{args.dataset}_{req}_{method}.json"  # a rerun skips finished methods
+            done = out / "runs" / f"{args.dataset}_{req}_{method}.json"
             t0 = time.perf_counter()
-            if done.is_file():
-                e = json.loads(done.read_text())
-            else:
-                e = unlearn_copy(compose([*overrides, f"unlearning={method}"]), stream, learned, evaluator, exp)
-                atomic_write_text(done, json.dumps(e))
+            cfg = compose([*overrides, f"unlearning={method}"])
+            e = cached_unlearn_copy(done, cfg, stream, learned, evaluator, exp)
             rows[method], curves[method] = row(e, "unlearn"), e.get("unlearn/curve", [])
             oracle, original = row(e, "oracle"), row(e, "original")
             print(f"{args.dataset} {req} {method}: {time.perf_counter() - t0:.0f}s", rows[method], flush=True)

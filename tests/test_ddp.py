@@ -46,8 +46,7 @@ def _cmd(strategy: str, devices: int, run_dir, *extra: str) -> list[str]:
 
 
 def _run(cmd, env=None) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    return res
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
 def _load(run_dir) -> tuple[dict, dict]:
