@@ -17,7 +17,9 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from clframe.stream import TensorData
+from clframe.data import lazy_concat, lazy_subset
+from clframe.errors import CheckpointError
+from clframe.stream import LazyRows, TensorData
 
 
 class ForgetLeakError(RuntimeError):
@@ -42,7 +44,11 @@ class SampleStore(Protocol):
 
 
 class DataStore:
-    """Training samples kept as they are (Joint's past data, iCaRL's exemplars, LoRA-joint's past data)."""
+    """Training samples kept as they are (Joint's past data, iCaRL's exemplars, LoRA-joint's past data).
+
+    Disk-backed inputs (a :class:`~clframe.stream.LazyRows` over a registered source: ImageFolder files, an
+    Avalanche data set read per batch) stay on disk: forgetting selects rows without reading them and a
+    checkpoint keeps the row indices, not the images; resume reads them from the data set the run loads."""
 
     def __init__(self) -> None:
         self.parts: list[TensorData] = []
@@ -59,23 +65,38 @@ class DataStore:
         self.add(data)
 
     def data(self) -> TensorData | None:
-        """Everything held, concatenated (``None`` when empty)."""
-        return TensorData.concat(self.parts) if len(self) else None
+        """Everything held, concatenated (``None`` when empty; disk-backed parts stay lazy)."""
+        return lazy_concat(self.parts) if len(self) else None
 
     def ids(self) -> Tensor:
         return torch.cat([p.ids for p in self.parts]) if self.parts else torch.zeros(0, dtype=torch.long)
 
     def forget(self, ids: Tensor) -> int:
         before = len(self)
-        self.parts = [p.subset(~torch.isin(p.ids, ids.to(p.ids.device))) for p in self.parts]
+        self.parts = [lazy_subset(p, ~torch.isin(p.ids, ids.to(p.ids.device))) for p in self.parts]
         self.parts = [p for p in self.parts if len(p)]
         return before - len(self)
 
     def state(self) -> dict[str, Any]:
-        return {"parts": [vars(p).copy() for p in self.parts]}
+        parts = []
+        for p in self.parts:
+            ref = p.x.reference() if isinstance(p.x, LazyRows) else None
+            parts.append(vars(p).copy() if ref is None else {**vars(p), "x": None, "x_ref": ref})
+        return {"parts": parts}
 
     def load(self, state: dict[str, Any]) -> None:
-        self.parts = [TensorData(**p) for p in state.get("parts", [])]
+        parts = []
+        for p in state.get("parts", []):
+            p = dict(p)
+            if "x_ref" in p:
+                try:
+                    p["x"] = LazyRows.from_reference(p.pop("x_ref"))
+                except LookupError as err:
+                    raise CheckpointError(
+                        f"a sample store's checkpointed rows: {err}; delete the checkpoint to restart"
+                    ) from None
+            parts.append(TensorData(**p))
+        self.parts = parts
 
 
 # ------------------------------------------------------------------ verification

@@ -9,6 +9,9 @@ not hold one full copy per experience.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +34,20 @@ class CacheBudget:
         return True
 
 
+_ROW_SOURCES: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+
+def register_row_source(fn: Any, *identity: Any) -> Any:
+    """Name a :class:`LazyRows` function that reads a data set's rows by index (decoded files, an Avalanche data
+    set) after ``identity`` (JSON-able: what it reads, e.g. its file list and options), so that checkpoints of
+    sample stores refer to its rows (:meth:`LazyRows.reference`) instead of copying the data. ``fn`` needs
+    ``len(fn)``: the number of rows it can read. Returns ``fn``."""
+    blob = json.dumps([type(fn).__name__, *identity], default=str, sort_keys=True).encode()
+    fn.source_key = f"{type(fn).__name__}:{hashlib.sha256(blob).hexdigest()[:16]}"
+    _ROW_SOURCES[fn.source_key] = fn
+    return fn
+
+
 class LazyRows:
     """A read-only tensor ``fn(base[rows])`` (``rows``: all of ``base`` if ``None``) computed for the
     rows indexed, so derived copies of a data set cost an index instead of a copy.
@@ -39,8 +56,9 @@ class LazyRows:
     that a batch equals the same rows of the whole. Indexing (``x[i:j]``, ``x[index_tensor]``,
     ``x[mask]``, ``x[i]``) returns a plain tensor; ``len``, ``shape``, ``dtype``, ``device`` are
     known without computing anything. Any other tensor attribute or ``torch`` function, pickling
-    (``torch.save``) and ``TensorData.subset`` see the materialised tensor. With a ``cache`` budget
-    the whole tensor is computed once and kept when it fits (for costly ``fn`` such as rotations).
+    (``torch.save``) and ``TensorData.subset`` see the materialised tensor (a sample store checkpoints rows of a
+    registered source by :meth:`reference` instead). With a ``cache`` budget the whole tensor is computed once
+    and kept when it fits (for costly ``fn`` such as rotations).
     """
 
     def __init__(
@@ -112,6 +130,31 @@ class LazyRows:
 
     def __reduce_ex__(self, protocol):  # saved (checkpoints of stores holding stream data) as a plain tensor
         return self.materialize().__reduce_ex__(protocol)
+
+    def reference(self) -> dict[str, Any] | None:
+        """``{"source": key, "rows": index}`` when this reads rows of a registered source
+        (:func:`register_row_source`) by index, else ``None``: what a checkpoint keeps instead of the data."""
+        key = getattr(self.fn, "source_key", None)
+        if key is None or self.base.dtype != torch.long or self.base.ndim != 1:
+            return None
+        _ROW_SOURCES.setdefault(key, self.fn)  # one source of that name stays loaded while its data is referred to
+        return {"source": key, "rows": (self.base if self.rows is None else self.base[self.rows]).clone()}
+
+    @classmethod
+    def from_reference(cls, ref: dict[str, Any]) -> LazyRows:
+        """The inputs :meth:`reference` names, read from the source loaded in this process; a source not loaded
+        (its files or options changed) or rows it does not have raise ``LookupError`` (a checkpoint is untrusted)."""
+        fn, rows = _ROW_SOURCES.get(str(ref.get("source"))), ref.get("rows")
+        if fn is None:
+            raise LookupError(
+                f"data set {ref.get('source')!r} is not loaded by this run (its files or options changed since the "
+                "checkpoint was written)"
+            )
+        if not isinstance(rows, Tensor) or rows.dtype != torch.long or rows.ndim != 1 or not len(rows):
+            raise LookupError(f"rows of {ref['source']!r} are not a non-empty 1-D integer tensor")
+        if int(rows.min()) < 0 or int(rows.max()) >= len(fn):
+            raise LookupError(f"rows of {ref['source']!r} are outside its {len(fn)} rows")
+        return cls(rows, fn)
 
     def __deepcopy__(self, memo) -> LazyRows:  # read-only: a copy may share it
         return self

@@ -58,7 +58,7 @@ from clframe.data.cifar import load_tensors
 from clframe.data.formats import CIFAR10_PY, CIFAR100_PY, PickledCifar, read_pickled
 from clframe.errors import ConfigError, DataError
 from clframe.registry import register_scenario
-from clframe.stream import Experience, LazyRows, Stream, TensorData
+from clframe.stream import Experience, LazyRows, Stream, TensorData, register_row_source
 
 
 @dataclass(frozen=True)
@@ -548,6 +548,9 @@ class DatasetRows:
         self.dataset = dataset
         self.shape: tuple[int, ...] | None = None  # of the first item read: every other must match
 
+    def __len__(self) -> int:
+        return len(self.dataset)
+
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
         items = [torch.as_tensor(self.dataset[int(i)][0]).float() for i in rows.reshape(-1).tolist()]
         if not items:
@@ -558,16 +561,22 @@ class DatasetRows:
         return torch.stack(items)
 
 
-def to_tensors(dataset, task: int, order: str, *, in_memory_mb: float = 2048, batch_size: int = 4096) -> TensorData:
+def to_tensors(
+    dataset, task: int, order: str, *, in_memory_mb: float = 2048, batch_size: int = 4096, identity: Any = None
+) -> TensorData:
     """An Avalanche dataset as :class:`TensorData` (x, y, original ids, task): materialised when its inputs take
-    at most ``in_memory_mb`` MB as float32, else read per indexed batch (:class:`DatasetRows`)."""
+    at most ``in_memory_mb`` MB as float32, else read per indexed batch (:class:`DatasetRows`; with ``identity``,
+    what names this data set — benchmark, arguments, split — sample stores checkpoint its rows, not its images)."""
     n = len(dataset)
     ids = original_indices(dataset)
     ids = torch.arange(n) if ids is None else ids
     first = torch.as_tensor(dataset[0][0]) if n else torch.zeros(0)
     if n and first.numel() * 4 * n > in_memory_mb * 2**20:
         y = torch.as_tensor([int(t) for t in dataset.targets], dtype=torch.long)
-        data = TensorData(LazyRows(torch.arange(n), DatasetRows(dataset)), y, ids, torch.full((n,), task))
+        rows = DatasetRows(dataset)
+        if identity is not None:
+            register_row_source(rows, identity)
+        data = TensorData(LazyRows(torch.arange(n), rows), y, ids, torch.full((n,), task))
     else:
         xs, ys = [], []
         try:
@@ -665,7 +674,8 @@ def avalanche(
     exps, converted = [], {}
     for i, (tr, te) in enumerate(zip(trains, tests, strict=True)):
         task = int(getattr(tr, "task_label", 0)) if setting == "task" else 0
-        train = to_tensors(tr.dataset, task, order, in_memory_mb=in_memory_mb)
+        identity = [benchmark, given, roots, avalanche_transforms, image_size, i]
+        train = to_tensors(tr.dataset, task, order, in_memory_mb=in_memory_mb, identity=[*identity, "train"])
         if (id(te), task) not in converted:  # a shared test set is converted once
             converted[id(te), task] = to_tensors(te.dataset, task, order, in_memory_mb=in_memory_mb)
         listed = getattr(tr, "classes_in_this_experience", None)

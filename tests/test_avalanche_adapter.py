@@ -242,6 +242,12 @@ def test_large_experiences_are_read_per_batch(mini_root, at, no_network):  # noq
         assert isinstance(b.train.x, LazyRows) and not isinstance(a.train.x, LazyRows)
         assert torch.equal(a.train.ids, b.train.ids) and torch.equal(a.train.y, b.train.y)
         assert torch.equal(a.train.x, b.train.x[:]) and torch.equal(a.test.x[3:7], b.test.x[3:7])
+    again = build("SplitTinyImageNet", args=args, in_memory_mb=0)  # a resumed run's stream: the same sources
+    refs = [(e.train.x.reference(), f.train.x.reference()) for e, f in zip(lazy.experiences, again.experiences)]
+    assert len({r["source"] for r, _ in refs}) == 10  # one source per experience, named by what it reads
+    assert all(r["source"] == s["source"] and torch.equal(r["rows"], s["rows"]) for r, s in refs)
+    restored = LazyRows.from_reference(refs[3][0])  # a sample store's checkpoint reads the same rows
+    assert torch.equal(restored[:], lazy.experiences[3].train.x[:])
     sized = build("SplitTinyImageNet", args=args, image_size=4)
     assert sized.input_shape == (3, 4, 4) and no_network == []
 

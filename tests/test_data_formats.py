@@ -461,3 +461,90 @@ def test_joint_reads_an_imagefolder_stream_batch_by_batch(root, tmp_path, monkey
     reference = TensorLoader(union, 4, seed=joint.seed)
     for got, want in zip(batches, reference, strict=True):
         assert torch.equal(got["ids"], want["ids"]) and torch.equal(got["x"], want["x"])
+
+
+def test_a_store_of_disk_backed_data_forgets_and_checkpoints_rows_not_images(root, tmp_path, monkeypatch):
+    """Joint's store over an ImageFolder stream: a forget request selects rows without decoding them, the
+    checkpoint holds row indices (no image tensor), and loading it reads the same images from the data set the
+    run loads; a checkpoint naming files the run does not load, or rows they do not have, is refused."""
+    import gc
+
+    from clframe.errors import CheckpointError
+    from clframe.registry import BACKBONES, STRATEGIES
+
+    write_tree(tmp_path / "tree", per_class=(10, 2), size=(16, 16))
+    spec = {"name": "split", "dataset": {"name": "imagefolder", "path": str(tmp_path / "tree")}, "n_experiences": 3}
+
+    def joint_over(stream):
+        backbone = BACKBONES.build({"name": "mlp", "hidden": [8]}, input_shape=stream.input_shape)
+        return STRATEGIES.build({"name": "joint", "batch_size": 4}, backbone=backbone, n_classes=3, setting="class")
+
+    stream = SCENARIOS.build(spec, seed=0)
+    joint = joint_over(stream)
+    for exp in stream.experiences[:2]:
+        joint.after_experience(exp)
+    rows: list[int] = []
+    decode = formats.ImageFiles.__call__
+    monkeypatch.setattr(formats.ImageFiles, "__call__", lambda self, r: rows.append(len(r)) or decode(self, r))
+    first = stream.experiences[0].train
+    forgotten = first.ids[:4]
+    assert joint.past.forget(forgotten) == 4 and len(joint.past) == 16
+    assert sum(rows) <= 2  # at most one probe row per part: nothing is decoded to be forgotten
+    kept = joint.past.data()
+    assert isinstance(kept.x, LazyRows) and not torch.isin(kept.ids, forgotten).any()
+
+    buf = io.BytesIO()
+    torch.save(joint.checkpoint_state(), buf)
+    pixels = 16 * 3 * 16 * 16 * 4  # the 16 images as float32
+    assert buf.tell() < pixels / 4  # indices and labels, not images
+    saved = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    parts = saved["stores"]["past"]["parts"]
+    assert all(p["x"] is None and p["x_ref"]["rows"].dtype == torch.long for p in parts)
+
+    load_dataset.cache_clear()  # as a resumed run: the data set loaded anew
+    restored = joint_over(SCENARIOS.build(spec, seed=0))
+    restored.restore_checkpoint_state(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    again = restored.past.data()
+    assert isinstance(again.x, LazyRows) and torch.equal(again.ids, kept.ids) and torch.equal(again.y, kept.y)
+    assert torch.equal(again.x[:], kept.x[:])
+
+    bad = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    bad["stores"]["past"]["parts"][0]["x_ref"]["rows"][0] = 10**6
+    with pytest.raises(CheckpointError, match="outside its 36 rows"):
+        joint_over(stream).restore_checkpoint_state(bad)
+    del stream, joint, restored, first, kept, again
+    load_dataset.cache_clear()
+    gc.collect()
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "tree/train/ant/99.png")
+    changed = joint_over(SCENARIOS.build(spec, seed=0))
+    with pytest.raises(CheckpointError, match=r"data set 'ImageFiles:\w+' is not loaded by this run"):
+        changed.restore_checkpoint_state(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+
+
+def test_a_killed_joint_run_over_an_imagefolder_tree_resumes_exactly(root, tmp_path, make_cfg, monkeypatch):
+    """Joint + a forget request over a disk-backed stream: killed after the forget request and resumed, it gives
+    the uninterrupted run's matrix; its checkpoint keeps the past data as row indices."""
+    from clframe.runner import run
+    from clframe.strategies.joint import Joint
+    from tests.conftest import crash_at
+
+    write_tree(tmp_path / "tree", per_class=(10, 2))
+    overrides = [
+        "scenario=unlearning_digits",
+        f"scenario.base.dataset={{name: imagefolder, path: '{tmp_path / 'tree'}'}}",
+        "scenario.base.n_experiences=3",
+        "scenario.requests=[{after: 1, type: class, classes: [0]}]",
+        "strategy=joint",
+        "strategy.batch_size=4",
+        "unlearning=ga",
+        "trainer.max_epochs=2",
+        "backbone.hidden=[8]",
+    ]
+    full = run(make_cfg(*overrides))
+    cfg = make_cfg(*overrides)
+    ckpt = crash_at(monkeypatch, Joint, 3, cfg)  # events: learn 0, learn 1, forget class 0, learn 2
+    parts = ckpt["extra"]["stores"]["past"]["parts"]
+    assert len(parts) == 1 and parts[0]["x"] is None and "x_ref" in parts[0]  # one class per experience:
+    assert parts[0]["y"].tolist() == [1] * 10  # class 0's part is forgotten whole, class 1's kept as row indices
+    resumed = run(make_cfg(f"resume={cfg.run_dir}"))
+    assert resumed["status"] == "complete" and resumed["accuracy_matrix"] == full["accuracy_matrix"]

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from clframe.data import data_root, describe_error, not_found, register_dataset, require_files
 from clframe.errors import ConfigError, DataError, DataNotFoundError
-from clframe.stream import LazyRows, TensorData
+from clframe.stream import LazyRows, TensorData, register_row_source
 
 # ----------------------------------------------------------------------------------------------------------------
 # safe unpickling of CIFAR batches
@@ -342,6 +342,9 @@ class ImageFiles:
         self.files, self.image_size, self.mode = files, image_size, mode
         self.hw: tuple[int, int] | None = None  # of the first image decoded: every other must match
 
+    def __len__(self) -> int:
+        return len(self.files)
+
     def __call__(self, rows: Tensor) -> Tensor:
         arrays = []
         for i in rows.reshape(-1).tolist():
@@ -383,7 +386,9 @@ def load_imagefolder(
         )
     classes, train_files, train_y = index_split(root / "train")
     _, test_files, test_y = index_split(root / "test", classes)
-    decode = ImageFiles(train_files + test_files, image_size, mode)  # one decoder: one image size for both
+    files = train_files + test_files
+    decode = ImageFiles(files, image_size, mode)  # one decoder: one image size for both
+    register_row_source(decode, [str(f) for f in files], image_size, mode)  # stores checkpoint rows, not images
     n = len(train_files)
     rows = torch.arange(n + len(test_files))
     train = TensorData.from_tensors(LazyRows(rows[:n], decode), torch.tensor(train_y))
