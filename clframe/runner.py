@@ -767,15 +767,20 @@ def csv_log_rows(logger) -> int:
 
 def restore_csv_log(logger, rows: int | None) -> None:
     """On resume, keep the first ``rows`` rows of the CSV log (those of the checkpointed events; ``None``: all)
-    — Lightning's CSV writer deletes an existing file when it starts."""
+    — Lightning's CSV writer deletes an existing file when it starts, and warns that earlier logs "will be
+    deleted": untrue here (the rows are written back), so that warning is silenced."""
     path = _csv_path(logger)
-    if path is None or not path.is_file():
+    if path is None:
         return
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        header, kept = list(reader.fieldnames or []), list(reader)
+    header, kept = [], []
+    if path.is_file():
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            header, kept = list(reader.fieldnames or []), list(reader)
     kept = kept if rows is None else kept[:rows]
-    writer = logger.experiment  # the writer removes the old file here
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+        writer = logger.experiment  # the writer removes the old file here
     if header:
         buf = io.StringIO()
         out = csv.DictWriter(buf, fieldnames=header)
