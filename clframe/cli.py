@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -57,6 +58,11 @@ def _run_hydra(argv: list[str]) -> int:
 
     from clframe.config import config_dir
 
+    if "launcher=slurm" in argv and shutil.which("srun") is None:  # submitit would fail with a traceback
+        raise ConfigError(
+            "launcher", "slurm", hint="SLURM's srun is not on PATH here (not a SLURM cluster); launcher=local runs "
+            "the same jobs through submitit's local executor on this machine"
+        )  # fmt: skip
     worst = 0
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")

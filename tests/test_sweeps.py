@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -111,3 +112,24 @@ def test_the_local_submitit_launcher_runs_a_sweep(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(line["seed"] for line in lines) == [0, 1] and all(line["status"] == "complete" for line in lines)
     assert (tmp_path / ".submitit").is_dir() and (tmp_path / "summary.md").is_file()
+
+
+def test_the_slurm_launcher_off_a_cluster_is_one_line_and_writes_nothing(tmp_path):
+    """Where SLURM's ``srun`` is not on PATH, ``launcher=slurm`` is refused before Hydra makes a sweep folder."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "clframe",
+        "run",
+        "-m",
+        "launcher=slurm",
+        "seed=0,1",
+        f"hydra.sweep.dir={tmp_path / 's'}",
+    ]
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable)}  # no srun
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert res.returncode == 2 and not (tmp_path / "s").exists() and not (tmp_path / "runs").exists()
+    assert res.stderr.strip().splitlines() == [
+        "error: launcher='slurm' is invalid. SLURM's srun is not on PATH here (not a SLURM cluster); launcher=local "
+        "runs the same jobs through submitit's local executor on this machine"
+    ]
