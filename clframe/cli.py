@@ -127,6 +127,17 @@ def _describe(err: BaseException) -> tuple[int, str]:
     return 1, f"{type(err).__name__}: {text}{hint}"
 
 
+LIST_USAGE = {  # where each registered name goes in a config
+    "strategy": "strategy.name=NAME; a strategy= file below sets it with its values",
+    "scenario": "scenario.name=NAME; a scenario= file below sets it with its values",
+    "backbone": "backbone.name=NAME; a backbone= file below sets it with its values",
+    "metric": "reported in metrics.json as cl/NAME; objective=cl/NAME for sweeps",
+    "evaluator": "evaluators=[{name: NAME}]",
+    "unlearner": "unlearning=NAME",
+    "summary": "summaries=[NAME]",
+}
+
+
 def _list(argv: list[str]) -> int:
     from clframe.config import config_dir
     from clframe.registry import scan_registrations
@@ -134,14 +145,22 @@ def _list(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print("usage: clframe list [PATTERN]   registered parts and config files whose name matches PATTERN (glob)")
         return 0
+    import fnmatch
+    import re
+    import shutil
+    import textwrap
+
     pattern = argv[0] if argv else "*"
+    width = max(60, min(shutil.get_terminal_size((100, 24)).columns, 120))
     for kind, items in scan_registrations(pattern).items():
         if not items:
             continue
-        print(f"{kind}:")
+        print(f"{kind}  ({LIST_USAGE[kind]}):")
         for name, doc in items:
-            print(f"  {name:<20} {doc}")
-    import fnmatch
+            name = f"cl/{name}" if kind == "metric" else name
+            doc = re.sub(r":\w+:`([^`<]+?)\s*(<[^>]*>)?`", r"`\1`", doc.replace("``", "`"))  # reST roles: plain
+            head = f"  {name:<20} "
+            print(textwrap.fill(doc, width, initial_indent=head, subsequent_indent=" " * len(head)) if doc else head)
 
     root = config_dir()
     groups = ("scenario", "strategy", "backbone", "unlearning", "pretrain", "logger", "trainer", "experiment",
@@ -150,7 +169,7 @@ def _list(argv: list[str]) -> int:
         files = sorted(p.stem for p in (root / group).glob("*.yaml"))
         files = [f for f in files if fnmatch.fnmatch(f, pattern)]
         if files:
-            print(f"config {group}=  " + ", ".join(files))
+            print(textwrap.fill(", ".join(files), width, initial_indent=f"config {group}=  ", subsequent_indent="    "))
     return 0
 
 

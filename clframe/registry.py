@@ -24,6 +24,7 @@ import importlib.util
 import inspect
 import math
 import pkgutil
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -222,7 +223,7 @@ def scan_registrations(pattern: str = "*") -> dict[str, list[tuple[str, str]]]:
     ``clframe list`` uses this so that it answers in well under a second (importing
     the strategies imports torch and lightning, which takes ~10 s). A test checks that
     the scan agrees with the imported registry.
-    Returns ``{kind: [(name, first docstring line), ...]}``.
+    Returns ``{kind: [(name, first sentence of its docstring), ...]}``.
     """
     found: dict[str, list[tuple[str, str]]] = {k: [] for k in REGISTRIES}
     for pkg in PLUGIN_PACKAGES:
@@ -242,6 +243,15 @@ def scan_registrations(pattern: str = "*") -> dict[str, list[tuple[str, str]]]:
                         kind = dec.func.id.removeprefix("register_")
                         name = dec.args[0].value
                         if kind in found and fnmatch.fnmatch(name, pattern):
-                            doc = (ast.get_docstring(node) or "").strip().splitlines()
-                            found[kind].append((name, doc[0] if doc else ""))
+                            found[kind].append((name, first_sentence(ast.get_docstring(node) or "")))
     return {k: sorted(v) for k, v in found.items()}
+
+
+_SENTENCE_END = re.compile(r"(?<![ (]e\.g)(?<![ (]i\.e)(?<! al)(?<! vs)[.!?](?=\s+[A-Z\"(`]|\s*$)")
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring's first paragraph, on one line (whole: never cut mid-sentence)."""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    end = _SENTENCE_END.search(paragraph)
+    return paragraph[: end.end()] if end else paragraph

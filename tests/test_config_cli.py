@@ -1,6 +1,7 @@
 """Configs compose, the registry and its source scan agree, the CLI commands work."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,30 @@ def test_source_scan_matches_imported_registry():
     scanned = scan_registrations()
     for kind, registry in REGISTRIES.items():
         assert [n for n, _ in scanned[kind]] == registry.names(), kind
+
+
+def test_list_shows_whole_first_sentences_and_where_each_name_goes():
+    """`clframe list` prints each registered part's first sentence whole (it spans docstring lines), and each
+    group's header says which config key takes the names."""
+    from clframe.registry import first_sentence
+
+    doc = "Penalty toward the weights after the\nlast experience (Kirkpatrick et al. 2017, e.g. ``lam=1``).\nMore."
+    assert (
+        first_sentence(doc)
+        == "Penalty toward the weights after the last experience (Kirkpatrick et al. 2017, e.g. ``lam=1``)."
+    )
+    assert first_sentence("One line, no full stop\n\nA second paragraph.") == "One line, no full stop"
+    for kind, items in scan_registrations().items():
+        for name, doc in items:
+            assert doc.endswith((".", "?", "!")), (kind, name, doc)  # a whole sentence, not a cut line
+    res = _cli("list", env={**os.environ, "COLUMNS": "100"})
+    out = res.stdout.splitlines()
+    assert res.returncode == 0 and max(len(line) for line in out) <= 100
+    assert "unlearner  (unlearning=NAME):" in out and "evaluator  (evaluators=[{name: NAME}]):" in out
+    ewc = next(i for i, line in enumerate(out) if line.startswith("  ewc "))
+    entry = " ".join(" ".join(out[ewc : ewc + 3]).split())  # its wrapped lines
+    assert entry.startswith("ewc Quadratic penalty") and entry.endswith("near their values `theta*_t`.")
+    assert any(line.startswith("  cl/avg_acc ") for line in out)  # metrics as the keys objective= takes
 
 
 def _cli(*args, **kw):
