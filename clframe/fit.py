@@ -331,7 +331,14 @@ def _fit_fabric(strategy, loader, opts, bar, logger, step_offset) -> int:
     # one device at full precision: the wrapper's forward redirection (autocast / DDP sync contexts) does
     # nothing, so training_step is called directly (a measured ~0.05 ms per step; benchmarks/engine_overhead.py)
     direct = fabric.world_size == 1 and str(opts.get("precision", "32-true")) in ("32-true", "32")
-    training_step = strategy.training_step if direct else module.training_step
+    if direct or fabric.world_size > 1:  # several processes: DDP's forward redirection casts and autocasts
+        training_step = strategy.training_step if direct else module.training_step
+    else:  # one device: Fabric calls training_step as a plain method, so enter the precision context here
+
+        def training_step(batch, i):  # *-mixed: autocast (*-true: backbones cast inputs to their weights' dtype)
+            with precision.forward_context():
+                return strategy.training_step(batch, i)
+
     stepper = _StepAfterClosure(optimizer) if scaler is not None else optimizer
     strategy.train()
     strategy.on_fit_start()

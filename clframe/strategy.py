@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clframe.backbones.simple import in_weight_dtype
 from clframe.errors import ConfigError, NonFiniteLossError
 from clframe.optim import check_optimizer, make_optimizer
 from clframe.registry import STRATEGIES, UNLEARNERS
@@ -59,6 +60,15 @@ class Capabilities:
     needs_task_id: bool = False
     gradient_unlearning: bool = True
     language_model: bool = False
+
+
+def _inputs_in_weight_dtype(module: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook: the inputs ``x`` (first argument) in the weights' dtype (see :func:`in_weight_dtype`)."""
+    if args:
+        x = in_weight_dtype(module, args[0])
+        if x is not args[0]:
+            return (x, *args[1:])
+    return None
 
 
 class Strategy(pl.LightningModule):
@@ -123,6 +133,7 @@ class Strategy(pl.LightningModule):
         self.unlearner = None  # set by the runner from cfg.unlearning; answers forget requests
         self.engine = None  # set by the runner: the run's clframe.fit.Engine (auxiliary loops train on its device)
         self._stores: dict[str, Any] = {}  # name -> SampleStore (clframe.stores)
+        self.register_forward_pre_hook(_inputs_in_weight_dtype)  # 64-true / bf16-true: float32 data meet cast weights
 
     # ------------------------------------------------------------------ sample stores
     def register_store(self, name: str, store: Any) -> Any:

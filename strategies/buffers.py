@@ -67,7 +67,7 @@ class ReplayBuffer:
         if not len(rest):
             return
         seen_index = self.n_seen + rest
-        slots = (torch.rand(len(rest), generator=gen) * (seen_index + 1).float()).long()
+        slots = (torch.rand(len(rest), generator=gen, dtype=torch.float32) * (seen_index + 1).float()).long()
         hit = slots < self.capacity
         # a later sample that lands on the same slot overwrites an earlier one (sequential semantics)
         last = dict(zip(slots[hit].tolist(), rest[hit].tolist()))

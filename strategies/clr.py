@@ -110,7 +110,7 @@ class CLR(Strategy):
         if x_all.shape[-1] != x_all.shape[-2]:
             raise ConfigError("strategy.anchor", "rotation", ANCHORS, hint="rotation needs square images")
         anchor = [p for n, p in self.backbone.named_parameters() if ".programs." not in f".{n}"]
-        clf = nn.Linear(self.backbone.num_features, 4).to(self.device)
+        clf = nn.Linear(self.backbone.num_features, 4).to(self.device, self.head.weight.dtype)  # 64-true: double
         opt = make_optimizer([*anchor, *clf.parameters()], "sgd", lr=self.proxy_lr, momentum=0.9)
         gen = torch.Generator().manual_seed(self.seed + 17)
         self.router.task = None

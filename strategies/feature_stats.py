@@ -69,7 +69,15 @@ def consolidation_kl(
     Gaussians of the current data should be the new model's) ``+ stability * mean_{c old}
     KL(N(mu_c + drift_c, S_c) || N(mu_c, S_c))`` = ``1/2 drift_c^T S_c^-1 drift_c`` (the stored old-class
     Gaussians should stay valid; ``drift_c``: SDC-weighted displacement ``feats - before`` of the current
-    data). Both sides use ``new_ref``'s / ``old``'s covariance ridge."""
+    data). Both sides use ``new_ref``'s / ``old``'s covariance ridge. Computed in float32 with autocast off:
+    covariances of bf16 features are not positive definite (``trainer.precision=bf16-mixed``)."""
+    with torch.autocast(feats.device.type, enabled=False):
+        return _consolidation_kl(feats.float(), y, new_ref, before.float(), old, stability=stability)
+
+
+def _consolidation_kl(
+    feats: Tensor, y: Tensor, new_ref: ClassGaussians, before: Tensor, old: ClassGaussians, *, stability: float
+) -> Tensor:
     means, covs = class_moments(feats, y, new_ref.covariance)
     plastic = torch.stack(
         [gaussian_kl(means[c], covs[c] + new_ref.ridge(new_ref.covs[c]), *new_ref.regularised(c)) for c in means]
@@ -175,7 +183,7 @@ def refine_head(
     ``stats`` on features sampled from their Gaussians (class-balanced, so new classes no longer
     dominate), with ``engine``'s optimisation loop. Returns the last epoch's training accuracy."""
     x, y = stats.sample(n_per_class, generator)
-    x, y = x.to(head.weight.device), y.to(head.weight.device)
+    x, y = x.to(head.weight.device, head.weight.dtype), y.to(head.weight.device)
     mask = torch.zeros(head.out_features, dtype=torch.bool, device=x.device)
     mask[torch.unique(y)] = True
     opt = make_optimizer(head.parameters(), "adam", lr=lr)

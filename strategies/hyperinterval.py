@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clframe.backbones.simple import in_weight_dtype
 from clframe.errors import ConfigError
 from clframe.registry import register_strategy
 from clframe.strategies.hypernet import box_intersection, hnet_box, hyperfan_in_init, interval_loss
@@ -103,7 +104,7 @@ class HyperInterval(Strategy):
         return self.epsilon * progress, max(1 - decay, self.kappa)
 
     def training_loss(self, batch):
-        x, y, mask = batch["x"], batch["y"], ~self.class_mask(batch["task"])
+        x, y, mask = in_weight_dtype(self, batch["x"]), batch["y"], ~self.class_mask(batch["task"])
         eps, kappa = self.schedule()
         w_lo, w_hi = self.weight_box(*self.embedding_box([self.current], eps))
         loss = interval_loss(*self.target_bounds(x, w_lo[0], w_hi[0]), y, mask, kappa)

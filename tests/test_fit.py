@@ -118,3 +118,35 @@ def test_engine_optimize_is_the_one_auxiliary_loop():
         Engine.default().optimize(
             opt, range(5), lambda s: layer(torch.ones(1, 4)).sum() * (float("nan") if s == 1 else 1), event=4
         )
+
+
+@pytest.mark.parametrize("strategy", ["replay", "er", "derpp"])
+def test_precision_64_true_trains_in_double_and_matches_32_bit(make_cfg, strategy):
+    """``trainer.precision=64-true``: Lightning casts the weights to float64; the float32 data of the stream, the
+    memory and the test sets are cast where they enter the model, and random draws inside a training step do not
+    follow the default dtype (float64 under Lightning's double context), so the run follows the 32-bit one:
+    the same matrix and weights within float32 rounding."""
+    base = (*BLOBS, f"strategy={strategy}", "strategy.buffer_size=40")
+    single = run(make_cfg(*base))
+    double = run(make_cfg(*base, "trainer.precision=64-true"))
+    assert double["status"] == "complete" and double["accuracy_matrix"] == single["accuracy_matrix"]
+    w32, w64 = (torch.load(f"{r['run_dir']}/checkpoints/last.pt", weights_only=True)["model"] for r in (single, double))
+    floats = [k for k, v in w64.items() if v.is_floating_point()]
+    assert floats and all(w64[k].dtype == torch.float64 for k in floats)
+    assert max(float((w64[k] - w32[k].double()).abs().max()) for k in floats) < 1e-4
+
+
+def test_mixed_precision_autocasts_every_training_step(make_cfg, monkeypatch):
+    """``*-mixed`` on one device: each training step runs under autocast (bf16 on the CPU); 32-true does not."""
+    from clframe.strategies.naive import Naive
+
+    seen: list[bool] = []
+    original = Naive.training_loss
+    monkeypatch.setattr(
+        Naive, "training_loss", lambda self, b: seen.append(torch.is_autocast_enabled("cpu")) or original(self, b)
+    )
+    run(make_cfg(*BLOBS, "strategy=naive", "trainer.precision=bf16-mixed"))
+    assert seen and all(seen)
+    seen.clear()
+    run(make_cfg(*BLOBS, "strategy=naive"))
+    assert seen and not any(seen)

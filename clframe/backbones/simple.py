@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -10,10 +11,37 @@ from torch import Tensor, nn
 from clframe.registry import register_backbone
 
 
+def _inputs_in_weight_dtype(forward_features):
+    """``forward_features`` that first casts floating-point inputs to the dtype of the backbone's weights, so that
+    ``trainer.precision=64-true`` / ``bf16-true`` (weights cast by Lightning) accept the float32 data of streams,
+    memories and test sets wherever they enter the model (token ids and fp32 weights: unchanged)."""
+
+    @functools.wraps(forward_features)
+    def wrapped(self, x, *args, **kwargs):
+        return forward_features(self, in_weight_dtype(self, x), *args, **kwargs)
+
+    return wrapped
+
+
+def in_weight_dtype(module: nn.Module, x):
+    """``x`` cast to the dtype of ``module``'s first weight when both are floating point and differ; else ``x``."""
+    if isinstance(x, Tensor) and x.is_floating_point():
+        weight = next(module.parameters(), None)
+        if weight is not None and weight.is_floating_point() and weight.dtype != x.dtype:
+            return x.to(weight.dtype)
+    return x
+
+
 class Backbone(nn.Module):
-    """Contract shared by all backbones: ``forward_features`` → (N, num_features)."""
+    """Contract shared by all backbones: ``forward_features`` → (N, num_features), for inputs of any float dtype
+    (cast to the weights' dtype: each subclass's ``forward_features`` is wrapped by :func:`_inputs_in_weight_dtype`)."""
 
     num_features: int
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "forward_features" in cls.__dict__:
+            cls.forward_features = _inputs_in_weight_dtype(cls.__dict__["forward_features"])
 
     def forward_features(self, x: Tensor) -> Tensor:
         raise NotImplementedError

@@ -208,7 +208,7 @@ def augment(x: Tensor, padding: int = 4) -> Tensor:
     padded[:, :, padding : padding + h, padding : padding + w] = x
     dy = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
     dx = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
-    flip = torch.rand(n, 1, device=x.device) < 0.5
+    flip = torch.rand(n, 1, device=x.device, dtype=torch.float32) < 0.5
     cols = torch.arange(w, device=x.device).expand(n, w)
     cols = torch.where(flip, w - 1 - cols, cols) + dx
     rows = torch.arange(h, device=x.device) + dy
