@@ -307,15 +307,17 @@ def save_tokenizer(stream: Stream, run_dir: Path) -> None:
 
 def check_resume_overrides(overrides: list[str]) -> None:
     """Refuse command-line overrides that ``resume=`` would ignore (the saved config is authoritative);
-    :data:`SAFE_RESUME_KEYS` are honoured."""
+    :data:`SAFE_RESUME_KEYS` are honoured, and ``plugins=`` (the modules the caller trusts to import: a resumed
+    run's own plugins are never imported from its directory, see :func:`resumed_config`)."""
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
-    ignored = [o for o, k in zip(overrides, keys) if k not in ("resume", *SAFE_RESUME_KEYS) and "=" in o]
+    allowed = ("resume", "plugins", *SAFE_RESUME_KEYS)
+    ignored = [o for o, k in zip(overrides, keys) if k not in allowed and "=" in o]
     if ignored:
         raise ConfigError(
             "resume",
             ignored[0],
             hint="a resumed run continues with its saved config.yaml; overrides allowed with resume=: "
-            + ", ".join(SAFE_RESUME_KEYS)
+            + ", ".join((*SAFE_RESUME_KEYS, "plugins"))
             + f" (refused: {' '.join(ignored)}); start a new run to change anything else",
         )
 

@@ -82,6 +82,11 @@ def test_resume_never_imports_a_plugin_named_in_the_run_directory(make_cfg, tmp_
     with pytest.raises(ConfigError, match=r"^plugins=\['evil_plugin_mod'\] is invalid.*never imports code"):
         run(make_cfg(f"resume={cfg.run_dir}"))
     assert not marker.exists() and "evil_plugin_mod" not in sys.modules
+    from clframe.runner import check_resume_overrides
+
+    trusted = [f"resume={cfg.run_dir}", "plugins=[evil_plugin_mod]"]
+    check_resume_overrides(trusted)  # the command line the refusal asks for is accepted ...
+    assert run(make_cfg(*trusted))["status"] == "complete" and marker.exists()  # ... and imports what it names
 
 
 def test_every_registering_module_is_discovered_without_a_list():
