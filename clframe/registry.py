@@ -42,8 +42,8 @@ ENTRY_POINT_GROUP = "clframe.plugins"  # [project.entry-points."clframe.plugins"
 class Registry:
     """Maps names to classes or factory functions of one kind (e.g. ``strategy``)."""
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, config_key: str | None = None):
+        self.kind, self.config_key = kind, config_key or kind  # config_key: what errors name (`unlearning.lr`)
         self._items: dict[str, Callable] = {}
 
     def register(self, name: str) -> Callable[[Callable], Callable]:
@@ -59,7 +59,7 @@ class Registry:
     def get(self, name: str) -> Callable:
         load_plugins()
         if name not in self._items:
-            raise ConfigError(f"{self.kind}.name", name, sorted(self._items))
+            raise ConfigError(f"{self.config_key}.name", name, sorted(self._items))
         return self._items[name]
 
     def names(self, pattern: str = "*") -> list[str]:
@@ -76,8 +76,8 @@ class Registry:
                 if key not in accepted:
                     valid = sorted(accepted - set(extra))
                     hint = f"unknown option for {self.kind} {node['name']!r}"
-                    raise ConfigError(f"{self.kind}.{key}", kwargs[key], valid, hint=hint)
-        check_types(self.kind, obj, kwargs)
+                    raise ConfigError(f"{self.config_key}.{key}", kwargs[key], valid, hint=hint)
+        check_types(self.config_key, obj, kwargs)
         return obj(**kwargs, **extra)
 
 
@@ -159,7 +159,7 @@ SCENARIOS = Registry("scenario")
 BACKBONES = Registry("backbone")
 METRICS = Registry("metric")
 EVALUATORS = Registry("evaluator")  # run after every stream event (retrieval, unlearning metrics, ...)
-UNLEARNERS = Registry("unlearner")  # answer forget requests for any strategy (cfg key `unlearning`)
+UNLEARNERS = Registry("unlearner", config_key="unlearning")  # answers forget requests
 SUMMARIES = Registry("summary")  # what metrics.json reports of the accuracy matrix (cfg key `summaries`)
 REGISTRIES = {r.kind: r for r in (STRATEGIES, SCENARIOS, BACKBONES, METRICS, EVALUATORS, UNLEARNERS, SUMMARIES)}
 
