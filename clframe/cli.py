@@ -147,7 +147,6 @@ def _list(argv: list[str]) -> int:
         return 0
     import fnmatch
     import re
-    import shutil
     import textwrap
 
     pattern = argv[0] if argv else "*"

@@ -331,8 +331,10 @@ def _fit_fabric(strategy, loader, opts, bar, logger, step_offset) -> int:
     # one device at full precision: the wrapper's forward redirection (autocast / DDP sync contexts) does
     # nothing, so training_step is called directly (a measured ~0.05 ms per step; benchmarks/engine_overhead.py)
     direct = fabric.world_size == 1 and str(opts.get("precision", "32-true")) in ("32-true", "32")
-    if direct or fabric.world_size > 1:  # several processes: DDP's forward redirection casts and autocasts
-        training_step = strategy.training_step if direct else module.training_step
+    if direct:
+        training_step = strategy.training_step
+    elif fabric.world_size > 1:  # DDP's forward redirection enters the precision context
+        training_step = module.training_step
     else:  # one device: Fabric calls training_step as a plain method, so enter the precision context here
 
         def training_step(batch, i):  # *-mixed: autocast (*-true: backbones cast inputs to their weights' dtype)

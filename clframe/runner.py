@@ -310,14 +310,14 @@ def check_resume_overrides(overrides: list[str]) -> None:
     :data:`SAFE_RESUME_KEYS` are honoured, and ``plugins=`` (the modules the caller trusts to import: a resumed
     run's own plugins are never imported from its directory, see :func:`resumed_config`)."""
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
-    allowed = ("resume", "plugins", *SAFE_RESUME_KEYS)
-    ignored = [o for o, k in zip(overrides, keys) if k not in allowed and "=" in o]
+    allowed = (*SAFE_RESUME_KEYS, "plugins")
+    ignored = [o for o, k in zip(overrides, keys) if k not in ("resume", *allowed) and "=" in o]
     if ignored:
         raise ConfigError(
             "resume",
             ignored[0],
             hint="a resumed run continues with its saved config.yaml; overrides allowed with resume=: "
-            + ", ".join((*SAFE_RESUME_KEYS, "plugins"))
+            + ", ".join(allowed)
             + f" (refused: {' '.join(ignored)}); start a new run to change anything else",
         )
 

@@ -672,10 +672,10 @@ def avalanche(
     if len(tests) == 1 < len(trains):  # one complete test set (CORe50, OpenLORIS): every experience's column
         tests = tests * len(trains)
     exps, converted = [], {}
+    identity = [benchmark, given, roots, avalanche_transforms, image_size]  # + experience: a lazy source's name
     for i, (tr, te) in enumerate(zip(trains, tests, strict=True)):
         task = int(getattr(tr, "task_label", 0)) if setting == "task" else 0
-        identity = [benchmark, given, roots, avalanche_transforms, image_size, i]
-        train = to_tensors(tr.dataset, task, order, in_memory_mb=in_memory_mb, identity=[*identity, "train"])
+        train = to_tensors(tr.dataset, task, order, in_memory_mb=in_memory_mb, identity=[*identity, i, "train"])
         if (id(te), task) not in converted:  # a shared test set is converted once
             converted[id(te), task] = to_tensors(te.dataset, task, order, in_memory_mb=in_memory_mb)
         listed = getattr(tr, "classes_in_this_experience", None)

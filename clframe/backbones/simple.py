@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from clframe.registry import register_backbone
 
 
-def _inputs_in_weight_dtype(forward_features):
+def _cast_inputs_first(forward_features):
     """``forward_features`` that first casts floating-point inputs to the dtype of the backbone's weights, so that
     ``trainer.precision=64-true`` / ``bf16-true`` (weights cast by Lightning) accept the float32 data of streams,
     memories and test sets wherever they enter the model (token ids and fp32 weights: unchanged)."""
@@ -34,14 +34,14 @@ def in_weight_dtype(module: nn.Module, x):
 
 class Backbone(nn.Module):
     """Contract shared by all backbones: ``forward_features`` → (N, num_features), for inputs of any float dtype
-    (cast to the weights' dtype: each subclass's ``forward_features`` is wrapped by :func:`_inputs_in_weight_dtype`)."""
+    (cast to the weights' dtype: each subclass's ``forward_features`` is wrapped by :func:`_cast_inputs_first`)."""
 
     num_features: int
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "forward_features" in cls.__dict__:
-            cls.forward_features = _inputs_in_weight_dtype(cls.__dict__["forward_features"])
+            cls.forward_features = _cast_inputs_first(cls.__dict__["forward_features"])
 
     def forward_features(self, x: Tensor) -> Tensor:
         raise NotImplementedError
